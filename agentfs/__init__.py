@@ -1,0 +1,3 @@
+"""agentfs: a governed FUSE workspace for teams of AI agents."""
+
+__version__ = "0.1.0"
