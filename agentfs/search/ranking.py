@@ -1,0 +1,137 @@
+"""Hybrid ranking: BM25 (FTS5) and vector KNN (sqlite-vec), fused by reciprocal rank.
+
+Both lists rank chunks; reciprocal rank fusion needs no score calibration
+between them, which is why it is robust. Chunks are then grouped by file: a
+file scores as its best chunk, and that chunk is its snippet. The same
+function serves the sidecar, the CLI's direct fallback and the benchmark, so
+what is measured is what users get.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import OrderedDict
+from dataclasses import asdict, dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from agentfs.search.index import IndexDB
+
+RRF_K = 60
+CANDIDATES = 100
+SNIPPET_CHARS = 400
+_WORD = re.compile(r"\w+", re.UNICODE)
+
+
+@dataclass(frozen=True)
+class Hit:
+    path: str
+    score: float
+    start_line: int
+    end_line: int
+    snippet: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Hit":
+        return cls(str(d["path"]), float(d["score"]), int(d["start_line"]), int(d["end_line"]), str(d["snippet"]))
+
+
+def fts_query(text: str) -> str | None:
+    """User text as an FTS5 expression that can never be a syntax error.
+
+    Every word becomes a quoted string (quotes cannot appear inside: \\w+
+    has none) and the words are OR-ed, so BM25 ranks documents by how many
+    and how rare the matched words are. None when the text has no words.
+    """
+    words = _WORD.findall(text.lower())
+    if not words:
+        return None
+    return " OR ".join(f'"{w}"' for w in dict.fromkeys(words))
+
+
+class QueryCache:
+    """Recent query embeddings: `.search/` re-lists a query many times."""
+
+    def __init__(self, size: int = 256) -> None:
+        self.size = size
+        self._d: OrderedDict[str, np.ndarray] = OrderedDict()
+
+    def get(self, embed: Callable[[list[str]], np.ndarray], text: str) -> np.ndarray:
+        v = self._d.get(text)
+        if v is None:
+            v = embed([text])[0]
+            self._d[text] = v
+            if len(self._d) > self.size:
+                self._d.popitem(last=False)
+        else:
+            self._d.move_to_end(text)
+        return v
+
+
+def search(db: IndexDB, query: str, *, k: int = 10, path_prefix: str | None = None,
+           embed: Callable[[list[str]], np.ndarray] | None = None,
+           allowed: Callable[[str], bool] | None = None,
+           cache: QueryCache | None = None) -> tuple[list[Hit], str]:
+    """(hits best first, mode) where mode is "hybrid" or "bm25".
+
+    `allowed(path)` drops files the caller may not read; `path_prefix`
+    ("/research") keeps a subtree. Filtering happens before grouping, and
+    candidate lists grow when filters leave too few files.
+    """
+    prefix = None
+    if path_prefix and path_prefix.strip("/"):
+        prefix = "/" + path_prefix.strip("/")
+    use_vec = embed is not None and db.has_vectors()
+    mode = "hybrid" if use_vec else "bm25"
+    match = fts_query(query)
+    qvec = None
+    if use_vec and query.strip():
+        qvec = cache.get(embed, query) if cache else embed([query])[0]  # type: ignore[arg-type]
+    n = max(CANDIDATES, 4 * k)
+    while True:
+        bm = db.keyword_search(match, n) if match else []
+        vec = db.vector_search(qvec, n) if qvec is not None else []
+        hits = _fuse(db, bm, vec, k, prefix, allowed)
+        exhausted = len(bm) < n and len(vec) < n
+        if len(hits) >= k or exhausted or n >= 4096:
+            return hits, mode
+        n *= 4
+
+
+def _fuse(db: IndexDB, bm: list[int], vec: list[int], k: int, prefix: str | None,
+          allowed: Callable[[str], bool] | None) -> list[Hit]:
+    scores: dict[int, float] = {}
+    for ranked in (bm, vec):
+        for rank, cid in enumerate(ranked):
+            scores[cid] = scores.get(cid, 0.0) + 1.0 / (RRF_K + rank + 1)
+    # A chunk first in both lists scores 1.0; scores stay comparable across queries.
+    best_possible = (2 if vec and bm else 1) / (RRF_K + 1)
+    rows = db.chunk_rows(list(scores))
+    best: dict[str, tuple[float, int]] = {}
+    permitted: dict[str, bool] = {}
+    for cid, s in scores.items():
+        row = rows.get(cid)
+        if row is None:
+            continue
+        if prefix and not (row.path == prefix or row.path.startswith(prefix + "/")):
+            continue
+        if allowed is not None:
+            ok = permitted.get(row.path)
+            if ok is None:
+                ok = permitted[row.path] = bool(allowed(row.path))
+            if not ok:
+                continue
+        if row.path not in best or s > best[row.path][0]:
+            best[row.path] = (s, cid)
+    ranked = sorted(best.items(), key=lambda kv: (-kv[1][0], kv[0]))[:k]
+    return [Hit(path, round(s / best_possible, 4), rows[cid].start_line, rows[cid].end_line,
+                _snippet(rows[cid].text)) for path, (s, cid) in ranked]
+
+
+def _snippet(text: str) -> str:
+    text = text.strip()
+    return text if len(text) <= SNIPPET_CHARS else text[:SNIPPET_CHARS].rstrip() + "…"
