@@ -1,0 +1,534 @@
+"""Mandatory locks held by agents, with leases and fencing tokens.
+
+The lock table lives in the workspace state database so that every daemon
+of a workspace (shared and `--agent` mounts) sees the same locks. Each
+manager keeps an in-memory snapshot of the table: `conflict()`, called on
+every open, create, truncate, unlink and rename, answers from it and only
+reloads when `PRAGMA data_version` and the table's generation number say
+that somebody changed the locks. Grants and releases run in worker threads
+under `BEGIN IMMEDIATE`, so a daemon never blocks its trio loop on SQLite
+contention and two daemons can never both grant conflicting locks.
+
+Semantics: a lock on a directory covers its subtree. A lock held by agent A
+never stops A itself. Another agent's exclusive lock forbids everything
+(open, change, rename, delete); another agent's shared lock forbids change
+and delete but allows reading. So a sole shared holder may still write,
+while with several shared holders nobody may.
+
+Fairness: a request that has to wait leaves an *intent* row in the table;
+a later request of another agent whose mode is incompatible with an earlier
+intent on an overlapping path waits behind it. Because intents live in the
+database, this queue holds across daemons too; an intent lasts only as long
+as its request waits, so a crashed waiter cannot block anyone for longer
+than its own wait time.
+"""
+
+from __future__ import annotations
+
+import bisect
+import builtins
+import dataclasses
+import enum
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator
+
+import trio
+
+from agentfs.store import db
+from agentfs.store import locks_table as table
+
+if TYPE_CHECKING:
+    from agentfs.workspace import Workspace
+
+log = logging.getLogger(__name__)
+
+# How often waiters re-check a lock another daemon may have released.
+POLL_SECONDS = 0.02
+# An intent outlives its request's deadline by this much, so a waiter that
+# is between two attempts is never mistaken for a dead one.
+INTENT_GRACE_NS = 1_000_000_000
+DEFAULT_TTL = 300.0
+DEFAULT_WAIT = 5.0
+
+
+class LockMode(str, enum.Enum):
+    SHARED = "shared"
+    EXCLUSIVE = "exclusive"
+
+
+class Access(enum.Enum):
+    """What an operation needs from a path."""
+
+    READ = "read"      # open for reading, list
+    WRITE = "write"    # write, truncate, setattr, xattr, create in a directory
+    DELETE = "delete"  # unlink, rmdir, rename away, rename over
+
+
+@dataclass(frozen=True)
+class Lock:
+    """One agent's grant on one path. token 0 marks a queued request, not a grant."""
+
+    path: str
+    mode: LockMode
+    agent: str
+    session_id: int | None
+    token: int
+    acquired_ns: int
+    expires_ns: int
+
+    def alive_at(self, now_ns: int) -> bool:
+        return self.expires_ns > now_ns
+
+    def to_json(self, now_ns: int | None = None) -> dict:
+        from agentfs.core.lock_format import iso_utc
+
+        now_ns = time.time_ns() if now_ns is None else now_ns
+        return {
+            "path": self.path, "mode": self.mode.value, "agent": self.agent,
+            "session_id": self.session_id, "token": self.token,
+            "acquired": iso_utc(self.acquired_ns), "expires": iso_utc(self.expires_ns),
+            "ttl": max(0, -(-(self.expires_ns - now_ns) // 1_000_000_000)),
+            "acquired_ns": self.acquired_ns, "expires_ns": self.expires_ns,
+        }
+
+
+class LockConflict(Exception):
+    """Another agent's lock (or queued request) forbids what was asked; callers map it to EAGAIN."""
+
+    def __init__(self, lock: Lock):
+        what = "queued request" if lock.token == 0 else "lock"
+        super().__init__(f"{lock.path} is held by {lock.agent} ({lock.mode.value} {what})")
+        self.lock = lock
+
+
+def normalize(path: str) -> str:
+    """The canonical policy path: '/a/b', no trailing slash, no '.', '..' refused."""
+    if not path.startswith("/"):
+        raise ValueError(f"lock paths are workspace paths starting with '/': {path!r}")
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise ValueError(f"'..' is not allowed in a lock path: {path!r}")
+    return "/" + "/".join(parts)
+
+
+def ancestors(path: str) -> Iterator[str]:
+    """path itself, then each parent up to '/'."""
+    yield path
+    while path != "/":
+        cut = path.rfind("/")
+        path = path[:cut] or "/"
+        yield path
+
+
+def overlaps(a: str, b: str) -> bool:
+    """True when one path is the other or lies below it."""
+    if a == b or a == "/" or b == "/":
+        return True
+    return b.startswith(a + "/") or a.startswith(b + "/")
+
+
+def modes_conflict(held: LockMode, wanted: LockMode) -> bool:
+    return held is LockMode.EXCLUSIVE or wanted is LockMode.EXCLUSIVE
+
+
+def forbids(lock: Lock, agent: str, access: Access) -> bool:
+    """Whether `lock` stops `agent` from `access` (expiry and sessions are checked by callers)."""
+    if lock.agent == agent:
+        return False
+    return lock.mode is LockMode.EXCLUSIVE or access is not Access.READ
+
+
+def _lock_from_row(row: table.LockRow) -> Lock:
+    path, agent, mode, session_id, token, acquired_ns, expires_ns = row
+    return Lock(path, LockMode(mode), agent, session_id, token, acquired_ns, expires_ns)
+
+
+def _row_from_lock(lock: Lock) -> table.LockRow:
+    return (lock.path, lock.agent, lock.mode.value, lock.session_id, lock.token,
+            lock.acquired_ns, lock.expires_ns)
+
+
+@dataclass(frozen=True)
+class _Intent:
+    id: int
+    path: str
+    agent: str
+    mode: LockMode
+    expires_ns: int
+
+    def as_lock(self) -> Lock:
+        return Lock(self.path, self.mode, self.agent, None, 0, 0, self.expires_ns)
+
+
+class _Snapshot:
+    """An immutable in-memory copy of the lock table, indexed for ancestor and subtree lookups."""
+
+    def __init__(self, locks: Iterable[Lock] = (), intents: Iterable[_Intent] = ()):
+        self.locks = sorted(locks, key=lambda lk: (lk.path, lk.agent))
+        self.intents = sorted(intents, key=lambda i: i.id)
+        self.by_path: dict[str, list[Lock]] = {}
+        for lock in self.locks:
+            self.by_path.setdefault(lock.path, []).append(lock)
+        self.paths = sorted(self.by_path)
+
+    def covering(self, path: str) -> Iterator[Lock]:
+        """Locks on path and on each of its ancestors."""
+        by_path = self.by_path
+        for p in ancestors(path):
+            found = by_path.get(p)
+            if found:
+                yield from found
+
+    def below(self, path: str) -> Iterator[Lock]:
+        """Locks strictly below path."""
+        if path == "/":
+            for p in self.paths:
+                if p != "/":
+                    yield from self.by_path[p]
+            return
+        prefix = path + "/"
+        i = bisect.bisect_left(self.paths, prefix)
+        while i < len(self.paths) and self.paths[i].startswith(prefix):
+            yield from self.by_path[self.paths[i]]
+            i += 1
+
+
+def _request_blocker(locks: Iterable[Lock], intents: Iterable[_Intent], agent: str, path: str,
+                     mode: LockMode, my_intent: int | None, now_ns: int,
+                     alive: Callable[[Lock], bool]) -> Lock | None:
+    """What stops `agent` taking `mode` on `path`: a lock, or an earlier incompatible intent.
+
+    Shared by the snapshot pre-check and the transaction, so that both
+    decide alike. An agent already holding the path renews or changes mode
+    without queueing behind intents: it is ahead of them by definition.
+    """
+    holding = False
+    for lock in locks:
+        if not lock.alive_at(now_ns) or not overlaps(lock.path, path):
+            continue
+        if lock.agent == agent:
+            holding = holding or lock.path == path
+            continue
+        if modes_conflict(lock.mode, mode) and alive(lock):
+            return lock
+    if holding:
+        return None
+    for intent in intents:
+        if my_intent is not None and intent.id >= my_intent:
+            break
+        if (intent.agent != agent and intent.expires_ns > now_ns
+                and modes_conflict(intent.mode, mode) and overlaps(intent.path, path)):
+            return intent.as_lock()
+    return None
+
+
+class LockManager:
+    """The lock table of one workspace as seen by one daemon (or CLI process)."""
+
+    def __init__(self, ws: "Workspace", settings: Callable[[], dict],
+                 session_alive: Callable[[int], bool] = lambda s: True):
+        self._ws = ws
+        self._settings = settings
+        self._session_alive = session_alive
+        # Writes happen in worker threads, one at a time; the snapshot is
+        # read through its own connection so that our own commits bump its
+        # data_version like anybody else's.
+        self._wconn = db.connect(ws)
+        self._wmutex = threading.Lock()
+        self._rconn = db.connect(ws, readonly=True)
+        self._data_version: int | None = None
+        self._generation: int | None = None
+        self._snap = _Snapshot()
+        self._changed = trio.Event()
+        self._refresh()
+
+    def close(self) -> None:
+        self._rconn.close()
+        with self._wmutex:
+            self._wconn.close()
+
+    # ---- settings -------------------------------------------------------
+    def _default_ttl(self) -> float:
+        return float(self._settings().get("default_ttl", DEFAULT_TTL))
+
+    def _default_wait(self) -> float:
+        return float(self._settings().get("wait_seconds", DEFAULT_WAIT))
+
+    # ---- snapshot -------------------------------------------------------
+    def _refresh(self) -> _Snapshot:
+        """Reload the snapshot if, and only if, the lock tables changed since the last look."""
+        dv = table.data_version(self._rconn)
+        if dv == self._data_version:
+            return self._snap
+        self._data_version = dv
+        if table.generation(self._rconn) == self._generation:
+            return self._snap
+        gen, rows, intent_rows = table.load(self._rconn)
+        self._snap = _Snapshot(
+            (_lock_from_row(r) for r in rows),
+            (_Intent(i, p, a, LockMode(m), e) for i, p, a, m, e in intent_rows))
+        self._generation = gen
+        return self._snap
+
+    def _alive(self, lock: Lock) -> bool:
+        return lock.session_id is None or self._session_alive(lock.session_id)
+
+    def _notify(self) -> None:
+        """Wake local waiters after a change made by this process."""
+        self._changed.set()
+        self._changed = trio.Event()
+
+    async def _wait_change(self, deadline: float) -> None:
+        """Sleep until a local change, the next poll, or the deadline, whichever comes first."""
+        with trio.move_on_at(min(deadline, trio.current_time() + POLL_SECONDS)):
+            await self._changed.wait()
+
+    # ---- the hot path ---------------------------------------------------
+    def conflict(self, agent: str, path: str, access: Access, subtree: bool = False) -> Lock | None:
+        """The lock of another agent that forbids `access` to `path`, or None.
+
+        Looks at locks on path and its ancestors; with subtree=True (deleting
+        or renaming a directory) also at locks strictly below path.
+        """
+        snap = self._refresh()
+        if not snap.locks:
+            return None
+        now = time.time_ns()
+        for lock in snap.covering(path):
+            if lock.expires_ns > now and forbids(lock, agent, access) and self._alive(lock):
+                return lock
+        if subtree:
+            for lock in snap.below(path):
+                if lock.expires_ns > now and forbids(lock, agent, access) and self._alive(lock):
+                    return lock
+        return None
+
+    async def wait_clear(self, agent: str, path: str, access: Access, subtree: bool = False,
+                         timeout: float | None = None) -> None:
+        """Return once nothing forbids the access; LockConflict after `timeout` seconds."""
+        lock = self.conflict(agent, path, access, subtree)
+        if lock is None:
+            return
+        deadline = trio.current_time() + (self._default_wait() if timeout is None else timeout)
+        while True:
+            if trio.current_time() >= deadline:
+                raise LockConflict(lock)
+            await self._wait_change(deadline)
+            lock = self.conflict(agent, path, access, subtree)
+            if lock is None:
+                return
+
+    # ---- grants ---------------------------------------------------------
+    async def acquire(self, agent: str, path: str, mode: LockMode, ttl: float | None = None,
+                      session_id: int | None = None, wait: float = 0.0,
+                      force: bool = False) -> Lock:
+        """Grant, renew, upgrade or downgrade `agent`'s lock; LockConflict after `wait` seconds.
+
+        force=True first breaks other agents' locks on exactly this path (the
+        caller has checked the `l` right); locks above or below still conflict.
+        """
+        path = normalize(path)
+        mode = LockMode(mode)
+        ttl = self._default_ttl() if ttl is None else float(ttl)
+        if not ttl > 0:
+            raise ValueError(f"a lock's ttl must be positive, not {ttl}")
+        deadline = trio.current_time() + max(0.0, wait)
+        intent: int | None = None
+        try:
+            while True:
+                remaining = max(0.0, deadline - trio.current_time())
+                granted, blocker, intent = await trio.to_thread.run_sync(
+                    self._try_grant, agent, path, mode, ttl, session_id, force, intent, remaining)
+                if granted is not None:
+                    intent = None
+                    self._notify()
+                    return granted
+                assert blocker is not None
+                while True:
+                    if trio.current_time() >= deadline:
+                        raise LockConflict(blocker)
+                    await self._wait_change(deadline)
+                    snap = self._refresh()
+                    if _request_blocker(snap.locks, snap.intents, agent, path, mode, intent,
+                                        time.time_ns(), self._alive) is None:
+                        break
+        finally:
+            if intent is not None:
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(self._drop_intent, intent)
+
+    def _try_grant(self, agent: str, path: str, mode: LockMode, ttl: float, session_id: int | None,
+                   force: bool, intent: int | None, remaining: float
+                   ) -> tuple[Lock | None, Lock | None, int | None]:
+        """One attempt in a write transaction: (granted, None, None) or (None, blocker, intent id)."""
+        with self._wmutex, table.immediate(self._wconn) as conn:
+            now = time.time_ns()
+            locks = [_lock_from_row(r) for r in table.locks_related(conn, path)]
+            broken = [lk for lk in locks if force and lk.path == path and lk.agent != agent]
+            locks = [lk for lk in locks if lk not in broken]
+            intents = [] if force else [
+                _Intent(i, p, a, LockMode(m), e) for i, p, a, m, e in table.intents(conn)]
+            blocker = _request_blocker(locks, intents, agent, path, mode, intent, now, self._alive)
+            if blocker is not None:
+                if intent is None and remaining > 0:
+                    intent = table.add_intent(conn, path, agent, mode.value,
+                                              now + int(remaining * 1e9) + INTENT_GRACE_NS)
+                    table.bump_generation(conn)
+                return None, blocker, intent
+            for lk in broken:
+                log.info("lock on %s of %s broken by %s", path, lk.agent, agent)
+                table.delete_lock(conn, path, lk.agent)
+            mine = next((lk for lk in locks if lk.agent == agent and lk.path == path
+                         and lk.alive_at(now)), None)
+            renewal = mine is not None and mine.mode is mode
+            lock = Lock(path=path, mode=mode, agent=agent, session_id=session_id,
+                        token=mine.token if renewal else table.next_token(conn),
+                        acquired_ns=mine.acquired_ns if renewal else now,
+                        expires_ns=now + int(ttl * 1e9))
+            table.upsert_lock(conn, _row_from_lock(lock))
+            if intent is not None:
+                table.delete_intent(conn, intent)
+            table.bump_generation(conn)
+            return lock, None, None
+
+    def _drop_intent(self, intent: int) -> None:
+        with self._wmutex, table.immediate(self._wconn) as conn:
+            table.delete_intent(conn, intent)
+            table.bump_generation(conn)
+
+    async def release(self, agent: str, path: str, force: bool = False) -> Lock | None:
+        """Drop `agent`'s lock on path (or, with force, everybody's); None if there was none.
+
+        PermissionError when only other agents hold it and force is not set.
+        """
+        path = normalize(path)
+        released = await trio.to_thread.run_sync(self._release, agent, path, force)
+        if released is not None:
+            self._notify()
+        return released
+
+    def _release(self, agent: str, path: str, force: bool) -> Lock | None:
+        with self._wmutex, table.immediate(self._wconn) as conn:
+            now = time.time_ns()
+            held = [lk for lk in map(_lock_from_row, table.locks_at(conn, path)) if lk.alive_at(now)]
+            mine = next((lk for lk in held if lk.agent == agent), None)
+            if mine is not None:
+                table.delete_lock(conn, path, agent)
+                table.bump_generation(conn)
+                return mine
+            if not held:
+                return None
+            if not force:
+                raise PermissionError(f"{path} is locked by {held[0].agent}, not by {agent}")
+            for lk in held:
+                table.delete_lock(conn, path, lk.agent)
+            table.bump_generation(conn)
+            held.sort(key=lambda lk: lk.mode is not LockMode.EXCLUSIVE)
+            return held[0]
+
+    # ---- reading --------------------------------------------------------
+    def get(self, path: str) -> builtins.list[Lock]:
+        """Live locks on exactly `path`, exclusive first."""
+        now = time.time_ns()
+        found = self._refresh().by_path.get(normalize(path), [])
+        live = [lk for lk in found if lk.alive_at(now) and self._alive(lk)]
+        return sorted(live, key=lambda lk: (lk.mode is not LockMode.EXCLUSIVE, lk.agent))
+
+    def covering(self, path: str) -> builtins.list[Lock]:
+        """Live locks on `path` and its ancestors: what applies to it (for getxattr)."""
+        now = time.time_ns()
+        return [lk for lk in self._refresh().covering(normalize(path))
+                if lk.alive_at(now) and self._alive(lk)]
+
+    def list(self) -> builtins.list[Lock]:
+        """Every live lock of the workspace, by path."""
+        now = time.time_ns()
+        return [lk for lk in self._refresh().locks if lk.alive_at(now) and self._alive(lk)]
+
+    # ---- housekeeping ---------------------------------------------------
+    async def expire(self) -> builtins.list[Lock]:
+        """Purge expired locks and locks of dead sessions, returning them for the audit.
+
+        Costs no SQL write when the snapshot shows nothing to purge, so the
+        daemon may call it every second.
+        """
+        snap = self._refresh()
+        now = time.time_ns()
+        if not any(self._is_dead(lk, now) for lk in snap.locks) and \
+                not any(i.expires_ns <= now for i in snap.intents):
+            return []
+        purged = await trio.to_thread.run_sync(self._expire)
+        if purged:
+            self._notify()
+        return purged
+
+    def _is_dead(self, lock: Lock, now_ns: int) -> bool:
+        return not lock.alive_at(now_ns) or not self._alive(lock)
+
+    def _expire(self) -> builtins.list[Lock]:
+        with self._wmutex, table.immediate(self._wconn) as conn:
+            now = time.time_ns()
+            purged = [lk for lk in map(_lock_from_row, table.all_locks(conn))
+                      if self._is_dead(lk, now)]
+            for lk in purged:
+                table.delete_lock(conn, lk.path, lk.agent)
+            dropped = table.delete_expired_intents(conn, now)
+            if purged or dropped:
+                table.bump_generation(conn)
+        for lk in purged:
+            log.info("lock on %s of %s expired (token %d)", lk.path, lk.agent, lk.token)
+        return purged
+
+    def on_rename(self, old: str, new: str) -> None:
+        """Move locks on `old` and below to `new` after a successful rename.
+
+        Where the agent already holds a lock at the destination (the
+        write-to-temp-then-rename pattern), that lock is kept.
+        """
+        old, new = normalize(old), normalize(new)
+        snap = self._refresh()
+        if old not in snap.by_path and next(snap.below(old), None) is None:
+            return
+        with self._wmutex, table.immediate(self._wconn) as conn:
+            for lock in map(_lock_from_row, table.locks_under(conn, old)):
+                table.delete_lock(conn, lock.path, lock.agent)
+                moved = dataclasses.replace(lock, path=new + lock.path[len(old):])
+                if not any(r[1] == lock.agent for r in table.locks_at(conn, moved.path)):
+                    table.upsert_lock(conn, _row_from_lock(moved))
+            table.bump_generation(conn)
+        self._notify()
+
+    def on_delete(self, path: str) -> None:
+        """Drop locks on a deleted path and below it."""
+        path = normalize(path)
+        snap = self._refresh()
+        if path not in snap.by_path and next(snap.below(path), None) is None:
+            return
+        with self._wmutex, table.immediate(self._wconn) as conn:
+            for row in table.locks_under(conn, path):
+                table.delete_lock(conn, row[0], row[1])
+            table.bump_generation(conn)
+        self._notify()
+
+
+def list_locks(ws: "Workspace") -> builtins.list[Lock]:
+    """Live locks read straight from the state database (for the CLI and status)."""
+    conn = db.connect(ws, readonly=True)
+    try:
+        now = time.time_ns()
+        return [lk for lk in map(_lock_from_row, table.all_locks(conn)) if lk.alive_at(now)]
+    finally:
+        conn.close()
+
+
+from agentfs.core.lock_format import (  # noqa: E402  (they need Lock, defined above)
+    format_lock_xattr, format_locks_listing, parse_lock_xattr, parse_locks_listing,
+)
+
+__all__ = [
+    "Access", "Lock", "LockConflict", "LockManager", "LockMode", "format_lock_xattr",
+    "format_locks_listing", "list_locks", "parse_lock_xattr", "parse_locks_listing",
+]
