@@ -1,0 +1,37 @@
+"""`agentfs mount`, `agentfs umount`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from agentfs.fuse import mounting
+from agentfs.workspace import Workspace
+
+
+@click.command("mount")
+@click.argument("workspace", type=click.Path(file_okay=False))
+@click.argument("mountpoint", type=click.Path())
+@click.option("--agent", metavar="NAME", help="Dedicate the mount to one agent: every request on it is that agent.")
+@click.option("--foreground", "-f", is_flag=True, help="Stay attached (logs to stderr) instead of daemonising.")
+@click.option("--bare", is_flag=True, hidden=True, help="No policy, locks or audit (benchmark baseline).")
+@click.option("--debug", is_flag=True, help="Log every FUSE request.")
+def mount_cmd(workspace: str, mountpoint: str, agent: str | None, foreground: bool, bare: bool, debug: bool) -> None:
+    """Mount WORKSPACE on MOUNTPOINT (an empty directory)."""
+    ws = Workspace.open(workspace)
+    pid = mounting.mount(ws, Path(mountpoint), agent=agent, foreground=foreground, bare=bare, debug=debug)
+    if pid is not None:
+        who = f" for agent {agent}" if agent else ""
+        click.echo(f"mounted {ws.root} on {Path(mountpoint).resolve()}{who} (daemon pid {pid})")
+
+
+@click.command("umount")
+@click.argument("mountpoint", type=click.Path())
+@click.option("--lazy", "-l", is_flag=True, help="Detach now even if busy; finish when the last user leaves.")
+def umount_cmd(mountpoint: str, lazy: bool) -> None:
+    """Unmount MOUNTPOINT and wait for its daemon to finish."""
+    mounting.umount(Path(mountpoint), lazy=lazy)
+
+
+COMMANDS = [mount_cmd, umount_cmd]

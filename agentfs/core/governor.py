@@ -1,0 +1,93 @@
+"""The one place where front ends ask the core: who is this, may they, and record it.
+
+The FUSE operations (and later an MCP server) call a Governor; it joins
+identity, policy, locks and audit, so that the rules live here once and the
+front ends only translate. `OpenGovernor` allows everything and records
+nothing: a bare pass-through, used to measure our own cost against it.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class Access(enum.Enum):
+    """What an operation does to a path, for lock checks."""
+
+    READ = "read"
+    WRITE = "write"
+    DELETE = "delete"
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who a request came from; kept on file handles since read/write carry no caller."""
+
+    agent: str
+    uid: int
+    gid: int
+    pid: int
+    session_id: int | None = None
+
+
+class Denied(Exception):
+    """A rule refused the operation; `errno` is what the caller sees (EACCES, ENOENT, EAGAIN...)."""
+
+    def __init__(self, errno_: int, reason: str = "") -> None:
+        super().__init__(reason)
+        self.errno = errno_
+        self.reason = reason
+
+
+@dataclass
+class Decision:
+    """Rights-derived facts a front end needs beyond yes/no."""
+
+    cache_seconds: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class OpenGovernor:
+    """No policy, no locks, no audit: the bare pass-through."""
+
+    def __init__(self, cache_seconds: float = 60.0) -> None:
+        self.cache_seconds = cache_seconds
+
+    def identify(self, uid: int, gid: int, pid: int) -> Caller:
+        return Caller("*", uid, gid, pid)
+
+    def visible(self, caller: Caller, path: str) -> bool:
+        return True
+
+    def require(self, caller: Caller, op: str, path: str, rights: str) -> None:
+        """Raise Denied unless `caller` holds every right letter in `rights` on `path`."""
+
+    def check_link(self, caller: Caller, src_path: str, new_path: str) -> None:
+        """Raise Denied if a hard link would carry a file where someone gains rights on it."""
+
+    def timeout(self, path: str) -> float:
+        """Kernel entry/attr cache time for `path`: 0 where agents see it differently."""
+        return self.cache_seconds
+
+    async def lock_wait(self, caller: Caller, path: str, access: Access, subtree: bool = False) -> None:
+        """Wait for, then raise Denied(EAGAIN) on, another agent's conflicting lock."""
+
+    async def record(self, caller: Caller, op: str, path: str, new_path: str | None = None,
+                     result: str = "ok", details: dict[str, Any] | None = None) -> None:
+        """Record a change durably before the syscall is acknowledged."""
+
+    async def open_write(self, caller: Caller, handle: int, path: str) -> None:
+        """Note durably that `handle` may write `path` (for crash forensics)."""
+
+    def close_write(self, caller: Caller, handle: int, path: str, stats: dict[str, Any]) -> None:
+        """Record the aggregated writes of a handle at release."""
+
+    async def run(self, task_status: Any = None) -> None:
+        """Background work (audit writer, lock expiry, policy reload); none here."""
+        if task_status is not None:
+            task_status.started()
+
+    async def aclose(self) -> None:
+        """Flush what is queued before the daemon exits."""

@@ -1,0 +1,1 @@
+"""The FUSE front end: operations that translate kernel requests for the core."""

@@ -1,0 +1,96 @@
+"""Open file and directory handles.
+
+read/write/release carry no caller, so a handle keeps the agent that opened
+it, and the writes made through it are aggregated here for one audit record
+at release instead of one per write() call.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+from dataclasses import dataclass, field
+
+from agentfs.core.governor import Caller
+
+# Beyond this many disjoint ranges a handle keeps merging the closest ones, so
+# that a random-write workload cannot grow the record without bound.
+MAX_RANGES = 64
+_ALIGN = 4096
+
+
+@dataclass(eq=False)
+class FileHandle:
+    fd: int
+    ino: int
+    caller: Caller
+    path: str
+    writable: bool
+    direct: bool
+    writes: int = 0
+    nbytes: int = 0
+    ranges: list[list[int]] = field(default_factory=list)
+
+    def note_write(self, off: int, n: int) -> None:
+        self.writes += 1
+        self.nbytes += n
+        end = off + n
+        r = self.ranges
+        if r and r[-1][0] <= off <= r[-1][1]:
+            if end > r[-1][1]:
+                r[-1][1] = end
+            return
+        r.append([off, end])
+        if len(r) > MAX_RANGES:
+            r.sort()
+            merged = [r[0]]
+            for s, e in r[1:]:
+                if s <= merged[-1][1]:
+                    merged[-1][1] = max(merged[-1][1], e)
+                else:
+                    merged.append([s, e])
+            if len(merged) > MAX_RANGES:
+                gaps = sorted(range(1, len(merged)), key=lambda i: merged[i][0] - merged[i - 1][1])
+                drop = set(gaps[: len(merged) - MAX_RANGES])
+                out = [merged[0]]
+                for i in range(1, len(merged)):
+                    if i in drop:
+                        out[-1][1] = merged[i][1]
+                    else:
+                        out.append(merged[i])
+                merged = out
+            self.ranges = merged
+
+    def read(self, off: int, size: int) -> bytes:
+        if not self.direct:
+            return os.pread(self.fd, size, off)
+        # O_DIRECT on the backing file needs an aligned buffer; the caller's
+        # offset and size alignment stay the caller's business, as natively.
+        buf = mmap.mmap(-1, max(_ALIGN, (size + _ALIGN - 1) // _ALIGN * _ALIGN))
+        try:
+            n = os.preadv(self.fd, [memoryview(buf)[:size]], off)
+            return buf[:n]
+        finally:
+            buf.close()
+
+    def write(self, off: int, data: bytes) -> int:
+        if not self.direct:
+            n = os.pwrite(self.fd, data, off)
+        else:
+            size = len(data)
+            buf = mmap.mmap(-1, max(_ALIGN, (size + _ALIGN - 1) // _ALIGN * _ALIGN))
+            try:
+                buf[:size] = data
+                n = os.pwritev(self.fd, [memoryview(buf)[:size]], off)
+            finally:
+                buf.close()
+        self.note_write(off, n)
+        return n
+
+
+@dataclass(eq=False)
+class DirHandle:
+    ino: int
+    caller: Caller
+    path: str
+    names: list[str] | None = None

@@ -1,0 +1,213 @@
+"""The inode table: what the kernel's inode numbers stand for in the backing tree.
+
+Each known inode holds an O_PATH|O_NOFOLLOW descriptor of its backing object
+(as libfuse's passthrough_hp does): operations act on descriptors, never on
+absolute backing paths, so nothing reached through the mount can resolve a
+symlink or `..` inside the backing store, and renames in the backing tree do
+not confuse us. Descriptors are opened lazily: readdirplus announces many
+entries that are never used.
+
+Each inode also remembers the names it is known by, as (parent inode, name)
+links, because the policy speaks in paths. A directory has one link; a
+regular file may have several (hard links).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import stat as stat_mod
+from dataclasses import dataclass, field
+
+import pyfuse3
+
+log = logging.getLogger(__name__)
+
+O_PATH_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+# Inode numbers we invent (for objects on another device than the root's,
+# where backing inode numbers could collide) start here.
+_SYNTHETIC_BASE = 1 << 62
+
+
+class Stale(Exception):
+    """The backing object behind an inode is gone or was replaced outside the mount."""
+
+
+@dataclass(eq=False)
+class Inode:
+    ino: int
+    dev: int
+    backing_ino: int
+    kind: int  # stat.S_IFMT bits
+    fd: int | None = None
+    nlookup: int = 0
+    links: dict[tuple[int, str], None] = field(default_factory=dict)
+
+    @property
+    def is_dir(self) -> bool:
+        return self.kind == stat_mod.S_IFDIR
+
+
+class InodeTable:
+    """Inodes by kernel number, by backing (dev, ino), and children by (parent, name)."""
+
+    def __init__(self, root_fd: int) -> None:
+        st = os.fstat(root_fd)
+        self.root_dev = st.st_dev
+        root = Inode(pyfuse3.ROOT_INODE, st.st_dev, st.st_ino, stat_mod.S_IFDIR, fd=root_fd, nlookup=1)
+        self._by_ino: dict[int, Inode] = {root.ino: root}
+        self._by_backing: dict[tuple[int, int], Inode] = {(st.st_dev, st.st_ino): root}
+        self._children: dict[tuple[int, str], int] = {}
+        self._next_synthetic = _SYNTHETIC_BASE
+        # Bumped whenever a directory moves, so cached directory paths stay right.
+        self._generation = 0
+        self._dir_paths: dict[int, tuple[int, str]] = {root.ino: (0, "/")}
+
+    def __len__(self) -> int:
+        return len(self._by_ino)
+
+    def get(self, ino: int) -> Inode:
+        try:
+            return self._by_ino[ino]
+        except KeyError:
+            raise pyfuse3.FUSEError(errno.ESTALE) from None
+
+    def child(self, parent: int, name: str) -> Inode | None:
+        ino = self._children.get((parent, name))
+        return self._by_ino.get(ino) if ino is not None else None
+
+    def _number_for(self, st: os.stat_result) -> int:
+        if st.st_dev == self.root_dev and st.st_ino != pyfuse3.ROOT_INODE and st.st_ino < _SYNTHETIC_BASE:
+            return st.st_ino
+        self._next_synthetic += 1
+        return self._next_synthetic
+
+    def remember(self, parent: int, name: str, st: os.stat_result, fd: int | None = None) -> Inode:
+        """The inode for `st`, found by (parent, name); adds one kernel lookup."""
+        key = (st.st_dev, st.st_ino)
+        node = self._by_backing.get(key)
+        if node is None:
+            node = Inode(self._number_for(st), st.st_dev, st.st_ino, stat_mod.S_IFMT(st.st_mode), fd=fd)
+            self._by_backing[key] = node
+            self._by_ino[node.ino] = node
+        elif fd is not None:
+            if node.fd is None:
+                node.fd = fd
+            else:
+                os.close(fd)
+        self.link(node, parent, name)
+        node.nlookup += 1
+        return node
+
+    def link(self, node: Inode, parent: int, name: str) -> None:
+        old = self._children.get((parent, name))
+        if old is not None and old != node.ino:
+            self.unlink(parent, name)
+        self._children[(parent, name)] = node.ino
+        node.links[(parent, name)] = None
+
+    def unlink(self, parent: int, name: str) -> Inode | None:
+        ino = self._children.pop((parent, name), None)
+        if ino is None:
+            return None
+        node = self._by_ino.get(ino)
+        if node is not None:
+            node.links.pop((parent, name), None)
+            if node.is_dir:
+                self._generation += 1
+        return node
+
+    def move(self, old_parent: int, old_name: str, new_parent: int, new_name: str) -> None:
+        node = self.child(old_parent, old_name)
+        self.unlink(new_parent, new_name)
+        if node is not None:
+            self.unlink(old_parent, old_name)
+            self.link(node, new_parent, new_name)
+            if node.is_dir:
+                self._generation += 1
+
+    def exchange(self, p1: int, n1: str, p2: int, n2: str) -> None:
+        a, b = self.child(p1, n1), self.child(p2, n2)
+        self.unlink(p1, n1)
+        self.unlink(p2, n2)
+        if a is not None:
+            self.link(a, p2, n2)
+        if b is not None:
+            self.link(b, p1, n1)
+        self._generation += 1
+
+    def forget(self, ino: int, nlookup: int) -> None:
+        node = self._by_ino.get(ino)
+        if node is None or ino == pyfuse3.ROOT_INODE:
+            return
+        node.nlookup -= nlookup
+        if node.nlookup > 0:
+            return
+        for parent, name in list(node.links):
+            if self._children.get((parent, name)) == ino:
+                del self._children[(parent, name)]
+        del self._by_ino[ino]
+        self._by_backing.pop((node.dev, node.backing_ino), None)
+        self._dir_paths.pop(ino, None)
+        if node.fd is not None:
+            os.close(node.fd)
+            node.fd = None
+
+    def fd(self, node: Inode) -> int:
+        """The O_PATH descriptor of `node`, opened on first use and checked to be the same object."""
+        if node.fd is not None:
+            return node.fd
+        for parent, name in list(node.links):
+            pnode = self._by_ino.get(parent)
+            if pnode is None:
+                continue
+            try:
+                fd = os.open(name, O_PATH_FLAGS, dir_fd=self.fd(pnode))
+            except OSError:
+                continue
+            st = os.fstat(fd)
+            if (st.st_dev, st.st_ino) == (node.dev, node.backing_ino):
+                node.fd = fd
+                return fd
+            os.close(fd)
+        raise Stale(node.ino)
+
+    def path(self, ino: int) -> str | None:
+        """One workspace path of `ino` ("/" for the root), or None if it has no name left."""
+        node = self._by_ino.get(ino)
+        if node is None:
+            return None
+        if node.is_dir:
+            cached = self._dir_paths.get(ino)
+            if cached is not None and cached[0] == self._generation:
+                return cached[1]
+        for parent, name in node.links:
+            ppath = self.path(parent)
+            if ppath is not None:
+                p = ppath + name if ppath == "/" else f"{ppath}/{name}"
+                if node.is_dir:
+                    self._dir_paths[ino] = (self._generation, p)
+                return p
+        return "/" if ino == pyfuse3.ROOT_INODE else None
+
+    def paths(self, ino: int) -> list[str]:
+        """Every known workspace path of `ino` (hard links give several)."""
+        node = self._by_ino.get(ino)
+        if node is None:
+            return []
+        if node.is_dir or len(node.links) <= 1:
+            p = self.path(ino)
+            return [p] if p else []
+        out = []
+        for parent, name in node.links:
+            ppath = self.path(parent)
+            if ppath is not None:
+                out.append(ppath + name if ppath == "/" else f"{ppath}/{name}")
+        return out
+
+    def close_all(self) -> None:
+        for node in self._by_ino.values():
+            if node.fd is not None and node.ino != pyfuse3.ROOT_INODE:
+                os.close(node.fd)
+                node.fd = None

@@ -1,0 +1,678 @@
+"""The FUSE operations: thin handlers that translate requests for the core.
+
+Every handler is wrapped so that any failure becomes an errno: an exception
+escaping a pyfuse3 handler would end the main loop and the mount with it.
+Syscalls on the backing tree run inline on the trio thread (measured faster
+than threads); only fsync and what the governor hands to threads may wait.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import os
+import stat as stat_mod
+from typing import Any, Awaitable, Callable, Sequence
+
+import pyfuse3
+import trio
+
+from agentfs.core.governor import Access, Caller, Denied, OpenGovernor
+from agentfs.fuse.handles import DirHandle, FileHandle
+from agentfs.fuse.inodes import Inode, InodeTable, Stale
+from agentfs.store.backing import proc_path, renameat2, utimensat
+
+log = logging.getLogger(__name__)
+
+NAME_MAX = 255
+_OPEN_DROP = os.O_CREAT | os.O_EXCL | os.O_NOCTTY
+_AT_FDCWD = -100
+
+
+def handler(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    """Map every failure of a handler to a FUSEError; never let one escape."""
+
+    @functools.wraps(fn)
+    async def wrapper(self: "Operations", *args: Any) -> Any:
+        try:
+            return await fn(self, *args)
+        except pyfuse3.FUSEError:
+            raise
+        except Denied as e:
+            raise pyfuse3.FUSEError(e.errno) from None
+        except OSError as e:
+            raise pyfuse3.FUSEError(e.errno or errno.EIO) from None
+        except Stale:
+            raise pyfuse3.FUSEError(errno.ESTALE) from None
+        except Exception:
+            log.exception("internal error in %s%r", fn.__name__, args[:2])
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    return wrapper
+
+
+def check_name(name: bytes) -> str:
+    """A single path component, as the backing filesystem would accept it."""
+    if len(name) > NAME_MAX:
+        raise pyfuse3.FUSEError(errno.ENAMETOOLONG)
+    if not name or b"/" in name or b"\0" in name or name in (b".", b".."):
+        raise pyfuse3.FUSEError(errno.EINVAL)
+    return os.fsdecode(name)
+
+
+def join(parent_path: str, name: str) -> str:
+    return parent_path + name if parent_path == "/" else f"{parent_path}/{name}"
+
+
+def _fd_for_write(flags: int) -> bool:
+    return (flags & os.O_ACCMODE) != os.O_RDONLY or bool(flags & os.O_TRUNC)
+
+
+class Operations(pyfuse3.Operations):
+    supports_dot_lookup = False
+    enable_writeback_cache = False
+    enable_acl = False
+
+    def __init__(self, root_fd: int, governor: OpenGovernor | None = None, virtual: Any = None) -> None:
+        super().__init__()
+        self.inodes = InodeTable(root_fd)
+        self.gov = governor or OpenGovernor()
+        self.virtual = virtual
+        self._handles: dict[int, FileHandle | DirHandle] = {}
+        self._next_fh = 1
+
+    # ----- helpers -------------------------------------------------------
+
+    def _caller(self, ctx: pyfuse3.RequestContext) -> Caller:
+        return self.gov.identify(ctx.uid, ctx.gid, ctx.pid)
+
+    def _path(self, ino: int) -> str:
+        p = self.inodes.path(ino)
+        if p is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return p
+
+    def _fd(self, node: Inode) -> int:
+        return self.inodes.fd(node)
+
+    def _entry(self, node: Inode, st: os.stat_result, path: str) -> pyfuse3.EntryAttributes:
+        e = pyfuse3.EntryAttributes()
+        e.st_ino = node.ino
+        e.generation = 0
+        t = self.gov.timeout(path)
+        e.entry_timeout = t
+        e.attr_timeout = t
+        e.st_mode = st.st_mode
+        e.st_nlink = st.st_nlink
+        e.st_uid = st.st_uid
+        e.st_gid = st.st_gid
+        e.st_rdev = st.st_rdev
+        e.st_size = st.st_size
+        e.st_blksize = st.st_blksize
+        e.st_blocks = st.st_blocks
+        e.st_atime_ns = st.st_atime_ns
+        e.st_mtime_ns = st.st_mtime_ns
+        e.st_ctime_ns = st.st_ctime_ns
+        return e
+
+    def _new_fh(self, h: FileHandle | DirHandle) -> int:
+        fh = self._next_fh
+        self._next_fh += 1
+        self._handles[fh] = h
+        return fh
+
+    def _file(self, fh: int) -> FileHandle:
+        h = self._handles.get(fh)
+        if not isinstance(h, FileHandle):
+            raise pyfuse3.FUSEError(errno.EBADF)
+        return h
+
+    def _owner(self, parent_fd: int, ctx: pyfuse3.RequestContext) -> tuple[int, int]:
+        """Owner of a new object: the caller, with the group of a setgid parent."""
+        pst = os.fstat(parent_fd)
+        gid = pst.st_gid if pst.st_mode & stat_mod.S_ISGID else ctx.gid
+        return ctx.uid, gid
+
+    def _child_of(self, parent: int, name: bytes, ctx: pyfuse3.RequestContext) -> tuple[Inode, str, str, Caller]:
+        pnode = self.inodes.get(parent)
+        nm = check_name(name)
+        caller = self._caller(ctx)
+        ppath = self._path(parent)
+        if not self.gov.visible(caller, ppath):
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return pnode, nm, join(ppath, nm), caller
+
+    def _virtual(self, ino: int) -> bool:
+        return self.virtual is not None and self.virtual.owns(ino)
+
+    async def _made(self, caller: Caller, op: str, pnode: Inode, nm: str, path: str,
+                    ctx: pyfuse3.RequestContext, details: dict[str, Any] | None = None
+                    ) -> tuple[Inode, os.stat_result]:
+        """Give a new object its caller's owner, enter it in the table, record it."""
+        pfd = self._fd(pnode)
+        uid, gid = self._owner(pfd, ctx)
+        os.chown(nm, uid, gid, dir_fd=pfd, follow_symlinks=False)
+        st = os.stat(nm, dir_fd=pfd, follow_symlinks=False)
+        node = self.inodes.remember(pnode.ino, nm, st)
+        await self.gov.record(caller, op, path, details=details)
+        return node, st
+
+    # ----- names ---------------------------------------------------------
+
+    @handler
+    async def lookup(self, parent: int, name: bytes, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        if self.virtual is not None and (parent == pyfuse3.ROOT_INODE or self.virtual.owns(parent)):
+            hit = await self.virtual.lookup(parent, name, self._caller(ctx))
+            if hit is not None:
+                return hit
+        pnode, nm, path, caller = self._child_of(parent, name, ctx)
+        st = os.stat(nm, dir_fd=self._fd(pnode), follow_symlinks=False)
+        if not self.gov.visible(caller, path):
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        node = self.inodes.remember(parent, nm, st)
+        return self._entry(node, st, path)
+
+    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
+        for ino, n in inode_list:
+            try:
+                if self._virtual(ino):
+                    self.virtual.forget(ino, n)
+                else:
+                    self.inodes.forget(ino, n)
+            except Exception:
+                log.exception("forget(%d, %d) failed", ino, n)
+
+    @handler
+    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        if self._virtual(inode):
+            return await self.virtual.getattr(inode, self._caller(ctx))
+        node = self.inodes.get(inode)
+        path = self._path(inode)
+        if not self.gov.visible(self._caller(ctx), path):
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return self._entry(node, os.stat(self._fd(node)), path)
+
+    @handler
+    async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields,
+                      fh: int | None, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        if self._virtual(inode):
+            raise pyfuse3.FUSEError(errno.EROFS)
+        node = self.inodes.get(inode)
+        path = self._path(inode)
+        caller = self._caller(ctx)
+        self.gov.require(caller, "setattr", path, "w")
+        await self.gov.lock_wait(caller, path, Access.WRITE)
+        fd = self._fd(node)
+        is_link = node.kind == stat_mod.S_IFLNK
+        changed: dict[str, Any] = {}
+        if fields.update_size:
+            h = self._handles.get(fh) if fh is not None else None
+            if isinstance(h, FileHandle) and h.writable:
+                os.ftruncate(h.fd, attr.st_size)
+            else:
+                wfd = os.open(proc_path(fd), os.O_WRONLY | os.O_CLOEXEC)
+                try:
+                    os.ftruncate(wfd, attr.st_size)
+                finally:
+                    os.close(wfd)
+            changed["size"] = attr.st_size
+        if fields.update_mode:
+            if is_link:
+                raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
+            os.chmod(proc_path(fd), stat_mod.S_IMODE(attr.st_mode))
+            changed["mode"] = oct(stat_mod.S_IMODE(attr.st_mode))
+        if fields.update_uid or fields.update_gid:
+            uid = attr.st_uid if fields.update_uid else -1
+            gid = attr.st_gid if fields.update_gid else -1
+            if is_link:
+                pnode, nm = self._a_link(node)
+                os.chown(nm, uid, gid, dir_fd=self._fd(pnode), follow_symlinks=False)
+            else:
+                os.chown(proc_path(fd), uid, gid)
+            changed.update({k: v for k, v in (("uid", uid), ("gid", gid)) if v != -1})
+        if fields.update_atime or fields.update_mtime:
+            at = attr.st_atime_ns if fields.update_atime else None
+            mt = attr.st_mtime_ns if fields.update_mtime else None
+            if is_link:
+                pnode, nm = self._a_link(node)
+                utimensat(self._fd(pnode), nm, at, mt)
+            else:
+                utimensat(_AT_FDCWD, proc_path(fd), at, mt, follow=True)
+            changed.update({k: v for k, v in (("atime_ns", at), ("mtime_ns", mt)) if v is not None})
+        st = os.stat(fd)
+        if changed:
+            op = "truncate" if list(changed) == ["size"] else "setattr"
+            await self.gov.record(caller, op, path, details=changed)
+        return self._entry(node, st, path)
+
+    def _a_link(self, node: Inode) -> tuple[Inode, str]:
+        for parent, name in node.links:
+            pnode = self.inodes.get(parent)
+            return pnode, name
+        raise Stale(node.ino)
+
+    @handler
+    async def readlink(self, inode: int, ctx: pyfuse3.RequestContext) -> bytes:
+        if self._virtual(inode):
+            return await self.virtual.readlink(inode, self._caller(ctx))
+        node = self.inodes.get(inode)
+        path = self._path(inode)
+        caller = self._caller(ctx)
+        if not self.gov.visible(caller, path):
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        self.gov.require(caller, "readlink", path, "r")
+        return os.fsencode(os.readlink("", dir_fd=self._fd(node)))
+
+    @handler
+    async def mknod(self, parent: int, name: bytes, mode: int, rdev: int,
+                    ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        pnode, nm, path, caller = self._child_of(parent, name, ctx)
+        self._reject_virtual_name(parent, nm)
+        self.gov.require(caller, "mknod", path, "c")
+        await self.gov.lock_wait(caller, path, Access.WRITE)
+        os.mknod(nm, mode, rdev, dir_fd=self._fd(pnode))
+        node, st = await self._made(caller, "mknod", pnode, nm, path, ctx, {"mode": oct(mode)})
+        return self._entry(node, st, path)
+
+    @handler
+    async def mkdir(self, parent: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        pnode, nm, path, caller = self._child_of(parent, name, ctx)
+        self._reject_virtual_name(parent, nm)
+        self.gov.require(caller, "mkdir", path, "c")
+        await self.gov.lock_wait(caller, path, Access.WRITE)
+        os.mkdir(nm, stat_mod.S_IMODE(mode), dir_fd=self._fd(pnode))
+        node, st = await self._made(caller, "mkdir", pnode, nm, path, ctx)
+        return self._entry(node, st, path)
+
+    @handler
+    async def symlink(self, parent: int, name: bytes, target: bytes,
+                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        pnode, nm, path, caller = self._child_of(parent, name, ctx)
+        self._reject_virtual_name(parent, nm)
+        self.gov.require(caller, "symlink", path, "c")
+        await self.gov.lock_wait(caller, path, Access.WRITE)
+        os.symlink(os.fsdecode(target), nm, dir_fd=self._fd(pnode))
+        node, st = await self._made(caller, "symlink", pnode, nm, path, ctx, {"target": os.fsdecode(target)})
+        return self._entry(node, st, path)
+
+    def _reject_virtual_name(self, parent: int, nm: str) -> None:
+        if self.virtual is not None and parent == pyfuse3.ROOT_INODE and self.virtual.reserved(nm):
+            raise pyfuse3.FUSEError(errno.EEXIST)
+
+    @handler
+    async def unlink(self, parent: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        await self._remove(parent, name, ctx, is_dir=False)
+
+    @handler
+    async def rmdir(self, parent: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        await self._remove(parent, name, ctx, is_dir=True)
+
+    async def _remove(self, parent: int, name: bytes, ctx: pyfuse3.RequestContext, is_dir: bool) -> None:
+        if self._virtual(parent) or (self.virtual is not None and parent == pyfuse3.ROOT_INODE
+                                     and self.virtual.reserved(os.fsdecode(name))):
+            raise pyfuse3.FUSEError(errno.EROFS)
+        pnode, nm, path, caller = self._child_of(parent, name, ctx)
+        pfd = self._fd(pnode)
+        if not self.gov.visible(caller, path):
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        op = "rmdir" if is_dir else "unlink"
+        self.gov.require(caller, op, path, "d")
+        await self.gov.lock_wait(caller, path, Access.DELETE, subtree=is_dir)
+        if is_dir:
+            os.rmdir(nm, dir_fd=pfd)
+        else:
+            os.unlink(nm, dir_fd=pfd)
+        self.inodes.unlink(parent, nm)
+        await self.gov.record(caller, op, path)
+
+    @handler
+    async def rename(self, parent_old: int, name_old: bytes, parent_new: int, name_new: bytes,
+                     flags: int, ctx: pyfuse3.RequestContext) -> None:
+        for p, n in ((parent_old, name_old), (parent_new, name_new)):
+            if self._virtual(p) or (self.virtual is not None and p == pyfuse3.ROOT_INODE
+                                    and self.virtual.reserved(os.fsdecode(n))):
+                raise pyfuse3.FUSEError(errno.EXDEV if p != parent_old else errno.EROFS)
+        po, no, path_old, caller = self._child_of(parent_old, name_old, ctx)
+        pn, nn, path_new, _ = self._child_of(parent_new, name_new, ctx)
+        if flags & ~(pyfuse3.RENAME_EXCHANGE | pyfuse3.RENAME_NOREPLACE):
+            raise pyfuse3.FUSEError(errno.EINVAL)
+        ofd, nfd = self._fd(po), self._fd(pn)
+        src = os.stat(no, dir_fd=ofd, follow_symlinks=False)
+        if not self.gov.visible(caller, path_old):
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        try:
+            dst: os.stat_result | None = os.stat(nn, dir_fd=nfd, follow_symlinks=False)
+        except FileNotFoundError:
+            dst = None
+        exchange = bool(flags & pyfuse3.RENAME_EXCHANGE)
+        self.gov.require(caller, "rename", path_old, "d")
+        self.gov.require(caller, "rename", path_new, "c")
+        if dst is not None and (src.st_dev, src.st_ino) != (dst.st_dev, dst.st_ino):
+            self.gov.require(caller, "rename", path_new, "wd" if not exchange else "d")
+            if exchange:
+                self.gov.require(caller, "rename", path_old, "c")
+        await self.gov.lock_wait(caller, path_old, Access.DELETE, subtree=stat_mod.S_ISDIR(src.st_mode))
+        if dst is not None:
+            await self.gov.lock_wait(caller, path_new, Access.DELETE, subtree=stat_mod.S_ISDIR(dst.st_mode))
+        else:
+            await self.gov.lock_wait(caller, path_new, Access.WRITE)
+        renameat2(ofd, no, nfd, nn, flags)
+        if exchange:
+            self.inodes.exchange(parent_old, no, parent_new, nn)
+        else:
+            self.inodes.move(parent_old, no, parent_new, nn)
+        await self.gov.record(caller, "exchange" if exchange else "rename", path_old, path_new)
+
+    @handler
+    async def link(self, inode: int, new_parent: int, new_name: bytes,
+                   ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        if self._virtual(inode) or self._virtual(new_parent):
+            raise pyfuse3.FUSEError(errno.EXDEV)
+        node = self.inodes.get(inode)
+        pnode, nm, path, caller = self._child_of(new_parent, new_name, ctx)
+        self._reject_virtual_name(new_parent, nm)
+        src_path = self._path(inode)
+        if not self.gov.visible(caller, src_path):
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        self.gov.require(caller, "link", src_path, "r")
+        self.gov.require(caller, "link", path, "c")
+        self.gov.check_link(caller, src_path, path)
+        await self.gov.lock_wait(caller, src_path, Access.WRITE)
+        await self.gov.lock_wait(caller, path, Access.WRITE)
+        pfd = self._fd(pnode)
+        if node.kind == stat_mod.S_IFLNK:
+            spnode, snm = self._a_link(node)
+            os.link(snm, nm, src_dir_fd=self._fd(spnode), dst_dir_fd=pfd, follow_symlinks=False)
+        else:
+            os.link(proc_path(self._fd(node)), nm, dst_dir_fd=pfd, follow_symlinks=True)
+        st = os.stat(nm, dir_fd=pfd, follow_symlinks=False)
+        node = self.inodes.remember(new_parent, nm, st)
+        await self.gov.record(caller, "link", src_path, path)
+        return self._entry(node, st, path)
+
+    # ----- files ---------------------------------------------------------
+
+    @handler
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        if self._virtual(inode):
+            return await self.virtual.open(inode, flags, self._caller(ctx), self._new_fh)
+        node = self.inodes.get(inode)
+        path = self._path(inode)
+        caller = self._caller(ctx)
+        if not self.gov.visible(caller, path):
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        writable = _fd_for_write(flags)
+        acc = flags & os.O_ACCMODE
+        need = ("r" if acc in (os.O_RDONLY, os.O_RDWR) else "") + ("w" if writable else "")
+        self.gov.require(caller, "open", path, need)
+        await self.gov.lock_wait(caller, path, Access.WRITE if writable else Access.READ)
+        fd = os.open(proc_path(self._fd(node)), (flags & ~_OPEN_DROP) | os.O_CLOEXEC)
+        return await self._opened(fd, node, caller, path, flags, writable, created=False)
+
+    async def _opened(self, fd: int, node: Inode, caller: Caller, path: str, flags: int,
+                      writable: bool, created: bool) -> pyfuse3.FileInfo:
+        direct = bool(flags & os.O_DIRECT)
+        h = FileHandle(fd, node.ino, caller, path, writable, direct)
+        fh = self._new_fh(h)
+        try:
+            if writable:
+                await self.gov.open_write(caller, fh, path)
+            if flags & os.O_TRUNC and not created:
+                await self.gov.record(caller, "truncate", path, details={"size": 0, "on": "open"})
+        except BaseException:
+            del self._handles[fh]
+            os.close(fd)
+            raise
+        return pyfuse3.FileInfo(fh=fh, direct_io=direct, keep_cache=not direct)
+
+    @handler
+    async def create(self, parent: int, name: bytes, mode: int, flags: int,
+                     ctx: pyfuse3.RequestContext) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        pnode, nm, path, caller = self._child_of(parent, name, ctx)
+        self._reject_virtual_name(parent, nm)
+        pfd = self._fd(pnode)
+        self.gov.require(caller, "create", path, "c")
+        await self.gov.lock_wait(caller, path, Access.WRITE)
+        base = (flags & ~_OPEN_DROP) | os.O_CLOEXEC | os.O_NOFOLLOW
+        created = True
+        try:
+            fd = os.open(nm, base | os.O_CREAT | os.O_EXCL, stat_mod.S_IMODE(mode), dir_fd=pfd)
+        except FileExistsError:
+            if flags & os.O_EXCL:
+                raise
+            created = False
+            fd = os.open(nm, base, dir_fd=pfd)
+        try:
+            if created:
+                uid, gid = self._owner(pfd, ctx)
+                os.fchown(fd, uid, gid)
+            st = os.fstat(fd)
+            node = self.inodes.remember(parent, nm, st)
+        except BaseException:
+            os.close(fd)
+            raise
+        if created:
+            await self.gov.record(caller, "create", path, details={"mode": oct(stat_mod.S_IMODE(st.st_mode))})
+        fi = await self._opened(fd, node, caller, path, flags, True, created)
+        return fi, self._entry(node, st, path)
+
+    @handler
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        h = self._handles.get(fh)
+        if not isinstance(h, FileHandle):
+            if self.virtual is not None and h is not None:
+                return await self.virtual.read(h, off, size)
+            raise pyfuse3.FUSEError(errno.EBADF)
+        return h.read(off, size)
+
+    @handler
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        h = self._file(fh)
+        if not h.writable:
+            raise pyfuse3.FUSEError(errno.EBADF)
+        return h.write(off, buf)
+
+    @handler
+    async def flush(self, fh: int) -> None:
+        return None
+
+    @handler
+    async def release(self, fh: int) -> None:
+        h = self._handles.pop(fh, None)
+        if not isinstance(h, FileHandle):
+            if self.virtual is not None and h is not None:
+                self.virtual.release(h)
+            return
+        try:
+            if h.writable:
+                size = os.fstat(h.fd).st_size
+                stats = {"writes": h.writes, "bytes": h.nbytes, "ranges": h.ranges, "size": size}
+                self.gov.close_write(h.caller, fh, h.path, stats)
+        finally:
+            os.close(h.fd)
+
+    @handler
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        h = self._file(fh)
+        await trio.to_thread.run_sync(os.fdatasync if datasync else os.fsync, h.fd)
+
+    # ----- directories ---------------------------------------------------
+
+    @handler
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+        caller = self._caller(ctx)
+        if self._virtual(inode):
+            return await self.virtual.opendir(inode, caller, self._new_fh)
+        self.inodes.get(inode)
+        path = self._path(inode)
+        if not self.gov.visible(caller, path):
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return self._new_fh(DirHandle(inode, caller, path))
+
+    @handler
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        h = self._handles.get(fh)
+        if not isinstance(h, DirHandle):
+            raise pyfuse3.FUSEError(errno.EBADF)
+        if self.virtual is not None and self.virtual.owns(h.ino):
+            return await self.virtual.readdir(h, start_id, token)
+        node = self.inodes.get(h.ino)
+        dfd = self._fd(node)
+        if start_id == 0 or h.names is None:
+            # A snapshot per pass keeps offsets stable under concurrent changes;
+            # rewinddir (offset 0) takes a new one, as POSIX asks.
+            lfd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dfd)
+            try:
+                names = os.listdir(lfd)
+            finally:
+                os.close(lfd)
+            if h.ino == pyfuse3.ROOT_INODE and self.virtual is not None:
+                names = [n for n in names if not self.virtual.reserved(n)] + self.virtual.root_names()
+            h.names = [".", ".."] + names
+        names = h.names
+        for i in range(start_id, len(names)):
+            nm = names[i]
+            if nm in (".", ".."):
+                ino = h.ino if nm == "." or h.ino == pyfuse3.ROOT_INODE else self._parent_of(node)
+                target = self.inodes.get(ino)
+                st = os.stat(self._fd(target))
+                if not pyfuse3.readdir_reply(token, os.fsencode(nm), self._entry(target, st, h.path), i + 1):
+                    return
+                continue
+            if h.ino == pyfuse3.ROOT_INODE and self.virtual is not None and self.virtual.reserved(nm):
+                attr = await self.virtual.root_entry(nm, h.caller)
+                if not pyfuse3.readdir_reply(token, os.fsencode(nm), attr, i + 1):
+                    return
+                self.virtual.looked_up(attr.st_ino)
+                continue
+            path = join(h.path, nm)
+            if not self.gov.visible(h.caller, path):
+                continue
+            try:
+                st = os.stat(nm, dir_fd=dfd, follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            child = self.inodes.remember(h.ino, nm, st)
+            if not pyfuse3.readdir_reply(token, os.fsencode(nm), self._entry(child, st, path), i + 1):
+                self.inodes.forget(child.ino, 1)
+                return
+
+    def _parent_of(self, node: Inode) -> int:
+        for parent, _ in node.links:
+            return parent
+        return pyfuse3.ROOT_INODE
+
+    @handler
+    async def releasedir(self, fh: int) -> None:
+        self._handles.pop(fh, None)
+
+    @handler
+    async def fsyncdir(self, fh: int, datasync: bool) -> None:
+        h = self._handles.get(fh)
+        if not isinstance(h, DirHandle) or self._virtual(h.ino):
+            return
+        dfd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=self._fd(self.inodes.get(h.ino)))
+        try:
+            await trio.to_thread.run_sync(os.fsync, dfd)
+        finally:
+            os.close(dfd)
+
+    @handler
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        sv = os.statvfs(self._fd(self.inodes.get(pyfuse3.ROOT_INODE)))
+        out = pyfuse3.StatvfsData()
+        for f in ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail", "f_files", "f_ffree",
+                  "f_favail", "f_namemax"):
+            setattr(out, f, getattr(sv, f))
+        return out
+
+    # ----- extended attributes -------------------------------------------
+
+    def _xattr_target(self, inode: int, name: bytes | None) -> tuple[Inode, str]:
+        if name is not None and not name.startswith(b"user."):
+            raise pyfuse3.FUSEError(errno.EOPNOTSUPP if not name.startswith(b"security.") else pyfuse3.ENOATTR)
+        node = self.inodes.get(inode)
+        if node.kind == stat_mod.S_IFLNK:
+            raise pyfuse3.FUSEError(errno.EPERM if name is not None else pyfuse3.ENOATTR)
+        return node, proc_path(self._fd(node))
+
+    @handler
+    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        if name == b"security.capability":
+            # The kernel asks this before every write(); answer without a syscall.
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+        if self._virtual(inode):
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+        if self.virtual is not None and name.startswith(b"user.agentfs."):
+            return await self.virtual.get_control_xattr(inode, name, self._caller(ctx), self._path(inode))
+        path = self._path(inode)
+        caller = self._caller(ctx)
+        if not self.gov.visible(caller, path):
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        self.gov.require(caller, "getxattr", path, "r")
+        node, target = self._xattr_target(inode, name)
+        if node.kind == stat_mod.S_IFLNK:
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
+        return os.getxattr(target, os.fsdecode(name))
+
+    @handler
+    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
+        if self._virtual(inode):
+            return []
+        node = self.inodes.get(inode)
+        path = self._path(inode)
+        caller = self._caller(ctx)
+        if not self.gov.visible(caller, path):
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        if node.kind == stat_mod.S_IFLNK:
+            return []
+        names = os.listxattr(proc_path(self._fd(node)))
+        return [os.fsencode(n) for n in names if n.startswith("user.")]
+
+    @handler
+    async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext) -> None:
+        if self._virtual(inode):
+            raise pyfuse3.FUSEError(errno.EROFS)
+        path = self._path(inode)
+        caller = self._caller(ctx)
+        if self.virtual is not None and name.startswith(b"user.agentfs."):
+            return await self.virtual.set_control_xattr(inode, name, value, caller, path)
+        if not self.gov.visible(caller, path):
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        self.gov.require(caller, "setxattr", path, "w")
+        await self.gov.lock_wait(caller, path, Access.WRITE)
+        _, target = self._xattr_target(inode, name)
+        os.setxattr(target, os.fsdecode(name), value)
+        await self.gov.record(caller, "setxattr", path, details={"name": os.fsdecode(name)})
+
+    @handler
+    async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        if self._virtual(inode):
+            raise pyfuse3.FUSEError(errno.EROFS)
+        path = self._path(inode)
+        caller = self._caller(ctx)
+        if self.virtual is not None and name.startswith(b"user.agentfs."):
+            return await self.virtual.remove_control_xattr(inode, name, caller, path)
+        if not self.gov.visible(caller, path):
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        self.gov.require(caller, "removexattr", path, "w")
+        await self.gov.lock_wait(caller, path, Access.WRITE)
+        _, target = self._xattr_target(inode, name)
+        os.removexattr(target, os.fsdecode(name))
+        await self.gov.record(caller, "removexattr", path, details={"name": os.fsdecode(name)})
+
+    @handler
+    async def access(self, inode: int, mode: int, ctx: pyfuse3.RequestContext) -> bool:
+        if self._virtual(inode):
+            return not (mode & os.W_OK)
+        path = self._path(inode)
+        caller = self._caller(ctx)
+        if not self.gov.visible(caller, path):
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        need = ("r" if mode & os.R_OK else "") + ("w" if mode & os.W_OK else "")
+        try:
+            self.gov.require(caller, "access", path, need)
+        except Denied:
+            return False
+        return True
