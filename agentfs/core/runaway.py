@@ -1,0 +1,116 @@
+"""Runaway detection: an agent stuck in a loop, caught by sliding-window counts.
+
+Counts live in memory per daemon (a loop runs against one mount; sharing
+counts across daemons would put a database write on every change). Each
+check is O(1) amortised: a deque of timestamps per key, trimmed from the
+left, and a periodic sweep drops keys that went quiet so that touching many
+files once (tar -x) does not grow memory without bound.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Callable
+
+from agentfs.core.audit_settings import AuditSettings, RunawayRule
+
+log = logging.getLogger(__name__)
+
+# Operations that bring a new name into the tree.
+NEW_FILE_OPS = frozenset({"create", "mknod", "mkdir", "symlink", "link"})
+# Operations that count as "a write to this file".
+FILE_WRITE_OPS = frozenset({"open-w", "create", "write", "truncate", "setattr"})
+_SWEEP_EVERY = 4096
+
+
+@dataclass(frozen=True)
+class Alert:
+    """One threshold crossing, to be recorded as an audit record of op "runaway"."""
+
+    agent: str
+    rule: str
+    path: str
+    count: int
+    threshold: int
+    window_seconds: float
+    action: str
+    cooloff_until_ns: int | None
+
+
+class RunawayDetector:
+    """Decides, per change, whether an agent has run away; calls `on_alert` once per window."""
+
+    def __init__(self, settings: Callable[[], AuditSettings], on_alert: Callable[[Alert], None],
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._settings = settings
+        self._on_alert = on_alert
+        self._clock = clock
+        self._hits: dict[tuple[str, str, str], deque[float]] = {}
+        self._alerted_until: dict[tuple[str, str, str], float] = {}
+        self._cooloff_until: dict[str, float] = {}
+        self._calls = 0
+
+    def cooling_off(self, agent: str) -> bool:
+        until = self._cooloff_until.get(agent)
+        if until is None:
+            return False
+        if self._clock() < until:
+            return True
+        del self._cooloff_until[agent]
+        return False
+
+    def check(self, agent: str, op: str, path: str) -> bool:
+        """Count one change; True means refuse it (action "deny" and cooling off)."""
+        now = self._clock()
+        rule = self._settings().rule_for(agent)
+        self._calls += 1
+        if self._calls % _SWEEP_EVERY == 0:
+            self._sweep(now, rule.window_seconds)
+        if self.cooling_off(agent):
+            return rule.action == "deny"
+        deny = False
+        if rule.writes_per_file_per_minute and op in FILE_WRITE_OPS:
+            deny |= self._count(now, rule, agent, "writes_per_file_per_minute", path,
+                                rule.writes_per_file_per_minute)
+        if rule.new_files_per_minute and op in NEW_FILE_OPS:
+            deny |= self._count(now, rule, agent, "new_files_per_minute", "", rule.new_files_per_minute,
+                                path)
+        if rule.ops_per_minute:
+            deny |= self._count(now, rule, agent, "ops_per_minute", "", rule.ops_per_minute, path)
+        return deny
+
+    def _count(self, now: float, rule: RunawayRule, agent: str, name: str, key_path: str,
+               threshold: int, shown_path: str | None = None) -> bool:
+        key = (agent, name, key_path)
+        q = self._hits.get(key)
+        if q is None:
+            q = self._hits[key] = deque()
+        q.append(now)
+        edge = now - rule.window_seconds
+        while q and q[0] <= edge:
+            q.popleft()
+        if len(q) <= threshold:
+            return False
+        if self._alerted_until.get(key, 0.0) > now:
+            return False
+        self._alerted_until[key] = now + rule.window_seconds
+        cool_ns = None
+        if rule.action == "deny":
+            self._cooloff_until[agent] = now + rule.cooloff_seconds
+            cool_ns = time.time_ns() + int(rule.cooloff_seconds * 1e9)
+        alert = Alert(agent, name, shown_path or key_path or "/", len(q), threshold,
+                      rule.window_seconds, rule.action, cool_ns)
+        log.warning("audit: runaway agent %r: %s = %d > %d in %gs on %s (action %s)", agent, name,
+                    len(q), threshold, rule.window_seconds, alert.path, rule.action)
+        self._on_alert(alert)
+        return rule.action == "deny"
+
+    def _sweep(self, now: float, window: float) -> None:
+        edge = now - window
+        for key in [k for k, q in self._hits.items() if not q or q[-1] <= edge]:
+            del self._hits[key]
+        for key in [k for k, t in self._alerted_until.items() if t <= now]:
+            del self._alerted_until[key]
