@@ -10,16 +10,11 @@ from __future__ import annotations
 
 import math
 import time
-from datetime import datetime, timezone
 
-from agentfs.core.locks import Lock, LockMode
+from agentfs.core.lock_types import Lock, LockMode, iso_utc
 
 LISTING_COLUMNS = ("MODE", "AGENT", "SESSION", "TOKEN", "EXPIRES", "TTL", "PATH")
 MAX_TTL = 366 * 24 * 3600.0
-
-
-def iso_utc(ns: int) -> str:
-    return datetime.fromtimestamp(ns / 1e9, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _ttl_left(lock: Lock, now_ns: int) -> int:

@@ -28,7 +28,6 @@ from __future__ import annotations
 import bisect
 import builtins
 import dataclasses
-import enum
 import logging
 import threading
 import time
@@ -37,6 +36,10 @@ from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
 import trio
 
+from agentfs.core.lock_format import (
+    format_lock_xattr, format_locks_listing, parse_lock_xattr, parse_locks_listing,
+)
+from agentfs.core.lock_types import Access, Lock, LockConflict, LockMode
 from agentfs.store import db
 from agentfs.store import locks_table as table
 
@@ -52,56 +55,6 @@ POLL_SECONDS = 0.02
 INTENT_GRACE_NS = 1_000_000_000
 DEFAULT_TTL = 300.0
 DEFAULT_WAIT = 5.0
-
-
-class LockMode(str, enum.Enum):
-    SHARED = "shared"
-    EXCLUSIVE = "exclusive"
-
-
-class Access(enum.Enum):
-    """What an operation needs from a path."""
-
-    READ = "read"      # open for reading, list
-    WRITE = "write"    # write, truncate, setattr, xattr, create in a directory
-    DELETE = "delete"  # unlink, rmdir, rename away, rename over
-
-
-@dataclass(frozen=True)
-class Lock:
-    """One agent's grant on one path. token 0 marks a queued request, not a grant."""
-
-    path: str
-    mode: LockMode
-    agent: str
-    session_id: int | None
-    token: int
-    acquired_ns: int
-    expires_ns: int
-
-    def alive_at(self, now_ns: int) -> bool:
-        return self.expires_ns > now_ns
-
-    def to_json(self, now_ns: int | None = None) -> dict:
-        from agentfs.core.lock_format import iso_utc
-
-        now_ns = time.time_ns() if now_ns is None else now_ns
-        return {
-            "path": self.path, "mode": self.mode.value, "agent": self.agent,
-            "session_id": self.session_id, "token": self.token,
-            "acquired": iso_utc(self.acquired_ns), "expires": iso_utc(self.expires_ns),
-            "ttl": max(0, -(-(self.expires_ns - now_ns) // 1_000_000_000)),
-            "acquired_ns": self.acquired_ns, "expires_ns": self.expires_ns,
-        }
-
-
-class LockConflict(Exception):
-    """Another agent's lock (or queued request) forbids what was asked; callers map it to EAGAIN."""
-
-    def __init__(self, lock: Lock):
-        what = "queued request" if lock.token == 0 else "lock"
-        super().__init__(f"{lock.path} is held by {lock.agent} ({lock.mode.value} {what})")
-        self.lock = lock
 
 
 def normalize(path: str) -> str:
@@ -523,10 +476,6 @@ def list_locks(ws: "Workspace") -> builtins.list[Lock]:
     finally:
         conn.close()
 
-
-from agentfs.core.lock_format import (  # noqa: E402  (they need Lock, defined above)
-    format_lock_xattr, format_locks_listing, parse_lock_xattr, parse_locks_listing,
-)
 
 __all__ = [
     "Access", "Lock", "LockConflict", "LockManager", "LockMode", "format_lock_xattr",
