@@ -1,0 +1,248 @@
+"""Who is calling: turns a request's (uid, gid, pid) into an agent.
+
+Order: a mount dedicated to one agent answers for everyone on it; then a
+process-tree tag (the caller descends from a live `agentfs run` session
+root); then the policy's `uids`; else the policy's default agent.
+
+FUSE hands us a pid that may be a thread id, is 0 for some requests and is
+reused by the kernel, so results are cached by (pid, start time): a reused
+pid has another start time and never inherits an identity. A cache hit
+costs one read of /proc/PID/stat and no database query.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
+
+from agentfs.store import sessions as store
+
+if TYPE_CHECKING:
+    from agentfs.core.policy import PolicyHolder
+    from agentfs.workspace import Workspace
+
+log = logging.getLogger(__name__)
+
+_MAX_DEPTH = 4096
+_MAX_CACHE = 1 << 17
+
+
+def _stat_fields(pid: int) -> list[bytes] | None:
+    """Fields 3.. of /proc/PID/stat; comm (field 2) may hold spaces and parentheses."""
+    if pid <= 0:
+        return None
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except OSError:
+        return None
+    _, sep, rest = data.rpartition(b")")
+    fields = rest.split()
+    return fields if sep and len(fields) >= 20 else None
+
+
+def process_start_time(pid: int) -> int | None:
+    """Start time of a process or thread in clock ticks since boot (field 22), None if gone."""
+    fields = _stat_fields(pid)
+    return int(fields[19]) if fields else None
+
+
+def parent_pid(pid: int) -> int | None:
+    """The parent pid (field 4), None if the process is gone."""
+    fields = _stat_fields(pid)
+    return int(fields[1]) if fields else None
+
+
+def thread_group(pid: int) -> int | None:
+    """The process (thread group) a thread id belongs to; FUSE's ctx.pid is a thread id."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Tgid:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def pid_alive(pid: int, start_time: int) -> bool:
+    """True if `pid` is still the very process that started at `start_time`."""
+    return process_start_time(pid) == start_time
+
+
+@dataclass(frozen=True)
+class Identity:
+    agent: str
+    uid: int
+    pid: int
+    session_id: int | None
+    how: str  # "mount" | "session" | "uid" | "default"
+
+
+_Tag = tuple[int, str]  # (session id, agent)
+
+
+def find_session(conn: sqlite3.Connection, pid: int,
+                 cache: dict[tuple[int, int], _Tag | None] | None = None) -> store.SessionRow | None:
+    """The live session whose root is `pid` or one of its ancestors, if any."""
+    live = {(r.pid, r.start_time): r for r in store.live_sessions(conn)}
+    tag = _walk(pid, live, cache or {})
+    if tag is None:
+        return None
+    return store.get_session(conn, tag[0])
+
+
+def _walk(pid: int, live: dict[tuple[int, int], store.SessionRow],
+          cache: dict[tuple[int, int], _Tag | None]) -> _Tag | None:
+    """Climb the parent chain from pid to the first session root (or cached ancestor)."""
+    cur = thread_group(pid) or pid
+    for _ in range(_MAX_DEPTH):
+        fields = _stat_fields(cur)
+        if fields is None:
+            return None
+        key = (cur, int(fields[19]))
+        row = live.get(key)
+        if row is not None:
+            return (row.id, row.agent)
+        if key in cache:
+            return cache[key]
+        ppid = int(fields[1])
+        if ppid <= 0 or ppid == cur:
+            return None
+        cur = ppid
+    return None
+
+
+def stamp_path(ws: "Workspace") -> str:
+    return str(ws.run_path / "sessions.stamp")
+
+
+def announce_session(ws: "Workspace") -> None:
+    """Tell running daemons a session was registered.
+
+    A daemon caches "not tagged" for processes it has seen; the new session
+    root may be one of them (`agentfs run` itself looks around the mount
+    before it registers), so daemons drop those answers when this changes.
+    """
+    path = stamp_path(ws)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        os.utime(fd, ns=(os.stat(fd).st_atime_ns, max(os.stat(fd).st_mtime_ns + 1, time.time_ns())))
+    finally:
+        os.close(fd)
+
+
+def session_alive(conn: sqlite3.Connection, session_id: int) -> bool:
+    """True while the session's root process lives (same pid, same start time)."""
+    row = store.get_session(conn, session_id)
+    return row is not None and row.ended_ns is None and pid_alive(row.pid, row.start_time)
+
+
+class IdentityResolver:
+    """Resolves callers to agents for one daemon; not thread-safe (use it on the trio thread)."""
+
+    def __init__(self, holder: "PolicyHolder", ws: "Workspace", mount_agent: str | None = None, *,
+                 connect: Callable[[], sqlite3.Connection] | None = None) -> None:
+        self.holder = holder
+        self.ws = ws
+        self.mount_agent = mount_agent
+        self._connect = connect
+        self._conn: sqlite3.Connection | None = None
+        self._cache: dict[tuple[int, int], _Tag | None] = {}
+        self._rows: dict[int, store.SessionRow] = {}
+        self._stamp = stamp_path(ws)
+        self._stamp_seen: int | None = self._stamp_mtime()
+
+    def _stamp_mtime(self) -> int | None:
+        try:
+            return os.stat(self._stamp).st_mtime_ns
+        except OSError:
+            return None
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        if self._conn is None:
+            if self._connect is not None:
+                self._conn = self._connect()
+            else:
+                from agentfs.store import db
+                self._conn = db.connect(self.ws)
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def resolve(self, uid: int, gid: int, pid: int) -> Identity:
+        """The agent of a request; never raises for a vanished or odd pid."""
+        if self.mount_agent is not None:
+            return Identity(self.mount_agent, uid, pid, None, "mount")
+        tag = self._tag(pid) if pid > 0 else None
+        if tag is not None:
+            return Identity(tag[1], uid, pid, tag[0], "session")
+        policy = self.holder.current
+        agent = policy.agent_for_uid(uid)
+        if agent is not None:
+            return Identity(agent, uid, pid, None, "uid")
+        return Identity(policy.default_agent, uid, pid, None, "default")
+
+    def _tag(self, pid: int) -> _Tag | None:
+        start = process_start_time(pid)
+        if start is None:
+            return None
+        key = (pid, start)
+        stamp = self._stamp_mtime()
+        if stamp != self._stamp_seen:
+            # A session was registered since: untagged answers may be stale.
+            self._stamp_seen = stamp
+            self._cache = {k: v for k, v in self._cache.items() if v is not None}
+        try:
+            return self._cache[key]
+        except KeyError:
+            pass
+        try:
+            live = {(r.pid, r.start_time): r for r in store.live_sessions(self.conn)}
+        except sqlite3.Error as e:
+            log.error("cannot read sessions from the state DB (%s): caller %d resolved by uid", e, pid)
+            return None
+        for row in live.values():
+            self._rows[row.id] = row
+        tag = _walk(pid, live, self._cache) if live or self._cache else None
+        if len(self._cache) >= _MAX_CACHE:
+            self.forget_dead()
+            if len(self._cache) >= _MAX_CACHE:
+                self._cache.clear()
+        self._cache[key] = tag
+        return tag
+
+    def session_alive(self, session_id: int) -> bool:
+        """True while the session's root lives; the row is cached, so only /proc is read."""
+        row = self._rows.get(session_id)
+        if row is None:
+            try:
+                row = store.get_session(self.conn, session_id)
+            except sqlite3.Error:
+                return False
+            if row is None:
+                return False
+            self._rows[session_id] = row
+        return pid_alive(row.pid, row.start_time)
+
+    def forget_dead(self) -> int:
+        """Housekeeping: drop cache entries of gone processes and end dead sessions in the DB."""
+        dead = [k for k in self._cache if not pid_alive(*k)]
+        for k in dead:
+            del self._cache[k]
+        try:
+            ended = [r.id for r in store.live_sessions(self.conn) if not pid_alive(r.pid, r.start_time)]
+            if ended:
+                store.end_sessions(self.conn, ended)
+                log.info("sessions ended (root process gone): %s", ended)
+        except sqlite3.Error as e:
+            log.warning("cannot tidy sessions in the state DB: %s", e)
+        return len(dead)
