@@ -39,7 +39,7 @@ def mount_entry(mountpoint: Path) -> str | None:
 def is_stale(mountpoint: Path) -> bool:
     """A FUSE mount whose daemon is gone answers ENOTCONN ("Transport endpoint is not connected")."""
     try:
-        os.stat(mountpoint)
+        os.statvfs(mountpoint)  # never answered from the kernel's attribute cache
     except OSError as e:
         return e.errno == errno.ENOTCONN
     return False

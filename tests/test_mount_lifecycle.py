@@ -1,0 +1,67 @@
+"""Mounting and unmounting through the CLI: the happy path and every refusal in one clear line."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from agentfs.fuse.mounting import is_stale
+from conftest import AGENTFS, mounted, run, wait_for
+
+
+def test_mount_serves_the_data_tree_and_umount_stops_the_daemon(ws, workdir):
+    (ws.data_path / "hello.txt").write_text("from the backing tree\n")
+    mnt = workdir / "mnt"
+    with mounted(ws, mnt) as m:
+        assert (mnt / "hello.txt").read_text() == "from the backing tree\n"
+        (mnt / "new.txt").write_text("through the mount\n")
+        assert (ws.data_path / "new.txt").read_text() == "through the mount\n"
+        fsname = [line.split()[0] for line in Path("/proc/self/mounts").read_text().splitlines()
+                  if line.split()[1] == str(mnt)]
+        assert fsname == [f"agentfs:{ws.root}"]
+        run([AGENTFS, "umount", str(mnt)])
+        assert not os.path.ismount(mnt)
+        wait_for(lambda: not m.alive(), what="daemon exit after umount")
+
+
+def test_second_mount_on_same_mountpoint_is_one_clear_line(mount):
+    r = run([AGENTFS, "mount", str(mount.ws.root), str(mount.path)], check=False)
+    assert r.returncode != 0
+    assert "already mounted" in r.stderr
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert mount.answers()
+
+
+def test_missing_workspace_is_one_clear_line(workdir):
+    (workdir / "mnt").mkdir()
+    r = run([AGENTFS, "mount", str(workdir / "nope"), str(workdir / "mnt")], check=False)
+    assert r.returncode != 0 and "agentfs init" in r.stderr
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_mountpoint_not_empty_or_not_a_directory_or_missing(ws, workdir):
+    full = workdir / "full"
+    full.mkdir()
+    (full / "x").write_text("x")
+    afile = workdir / "afile"
+    afile.write_text("x")
+    for target, words in ((full, "not empty"), (afile, "not a directory"), (workdir / "missing", "does not exist")):
+        r = run([AGENTFS, "mount", str(ws.root), str(target)], check=False)
+        assert r.returncode != 0, target
+        assert words in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_umount_of_something_else_is_refused(workdir):
+    r = run([AGENTFS, "umount", str(workdir)], check=False)
+    assert r.returncode != 0 and "not an agentfs mount" in r.stderr
+
+
+def test_stale_mount_is_recovered_by_mounting_again(ws, workdir):
+    mnt = workdir / "mnt"
+    with mounted(ws, mnt) as m:
+        os.kill(m.pid, 9)
+        wait_for(lambda: not m.alive(), what="daemon death")
+        assert is_stale(mnt), "a killed daemon should leave ENOTCONN behind"
+        with mounted(ws, mnt) as m2:
+            assert m2.answers()
