@@ -10,6 +10,7 @@ what is measured is what users get.
 from __future__ import annotations
 
 import re
+import threading
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
@@ -54,21 +55,24 @@ def fts_query(text: str) -> str | None:
 
 
 class QueryCache:
-    """Recent query embeddings: `.search/` re-lists a query many times."""
+    """Recent query embeddings (thread-safe): `.search/` re-lists a query many times."""
 
     def __init__(self, size: int = 256) -> None:
         self.size = size
         self._d: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
 
     def get(self, embed: Callable[[list[str]], np.ndarray], text: str) -> np.ndarray:
-        v = self._d.get(text)
-        if v is None:
-            v = embed([text])[0]
+        with self._lock:
+            v = self._d.get(text)
+            if v is not None:
+                self._d.move_to_end(text)
+                return v
+        v = embed([text])[0]
+        with self._lock:
             self._d[text] = v
             if len(self._d) > self.size:
                 self._d.popitem(last=False)
-        else:
-            self._d.move_to_end(text)
         return v
 
 
