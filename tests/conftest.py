@@ -118,8 +118,9 @@ class Mount:
 
 @contextlib.contextmanager
 def mounted(ws: Workspace, mnt: Path, *extra: str) -> Iterator[Mount]:
-    mnt.mkdir(parents=True, exist_ok=True)
-    os.chmod(mnt, 0o755)
+    with contextlib.suppress(OSError):  # a stale mount here is `agentfs mount`'s to recover
+        mnt.mkdir(parents=True, exist_ok=True)
+        os.chmod(mnt, 0o755)
     r = run([AGENTFS, "mount", str(ws.root), str(mnt), *extra], check=False)
     assert r.returncode == 0, f"mount failed: {r.stderr}"
     pid = int(r.stdout.strip().rsplit(" ", 1)[-1].rstrip(")"))
