@@ -401,6 +401,11 @@ class LockManager:
         now = time.time_ns()
         return [lk for lk in self._refresh().locks if lk.alive_at(now) and self._alive(lk)]
 
+    def queued(self) -> builtins.list[Lock]:
+        """Requests waiting for a lock, oldest first, as Locks with token 0."""
+        now = time.time_ns()
+        return [i.as_lock() for i in self._refresh().intents if i.expires_ns > now]
+
     # ---- housekeeping ---------------------------------------------------
     async def expire(self) -> builtins.list[Lock]:
         """Purge expired locks and locks of dead sessions, returning them for the audit.
