@@ -47,7 +47,7 @@ class RunawayDetector:
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._settings = settings
         self._on_alert = on_alert
-        self._clock = clock
+        self.clock = clock
         self._hits: dict[tuple[str, str, str], deque[float]] = {}
         self._alerted_until: dict[tuple[str, str, str], float] = {}
         self._cooloff_until: dict[str, float] = {}
@@ -57,14 +57,14 @@ class RunawayDetector:
         until = self._cooloff_until.get(agent)
         if until is None:
             return False
-        if self._clock() < until:
+        if self.clock() < until:
             return True
         del self._cooloff_until[agent]
         return False
 
     def check(self, agent: str, op: str, path: str) -> bool:
         """Count one change; True means refuse it (action "deny" and cooling off)."""
-        now = self._clock()
+        now = self.clock()
         rule = self._settings().rule_for(agent)
         self._calls += 1
         if self._calls % _SWEEP_EVERY == 0:

@@ -202,9 +202,9 @@ def select(conn: sqlite3.Connection, after_seq: int = 0, *, agent: str | None = 
         args.extend(ops)
     if path_glob is not None:
         where.append("(CAST(path AS TEXT) GLOB ? OR CAST(new_path AS TEXT) GLOB ?)")
-        args += [path_glob, path_glob]
+        args += [enc_path(path_glob), enc_path(path_glob)]
     if path_prefix is not None:
-        under = _glob_escape(path_prefix.rstrip("/")) + "/*"
+        under = enc_path(_glob_escape(path_prefix.rstrip("/")) + "/*")
         where.append("(path = ? OR new_path = ? OR CAST(path AS TEXT) GLOB ?"
                      " OR CAST(new_path AS TEXT) GLOB ?)")
         args += [enc_path(path_prefix), enc_path(path_prefix), under, under]

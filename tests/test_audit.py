@@ -1,0 +1,253 @@
+"""The audit log core: chaining, group commit, tamper detection, several writers, queries."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+
+import pytest
+import trio
+
+from agentfs.core import audit as audit_mod
+from agentfs.core.audit import (GENESIS, AuditError, AuditEvent, ContentHasher, coalesce_ranges,
+                                head, iter_records, verify)
+from agentfs.store import audit_log as store
+from test_audit_support import ev, raw, running
+
+
+async def test_records_chain_to_each_other_and_verify(ws):
+    async with running(ws) as log:
+        seqs = [await log.record(ev(path=f"/f{i}")) for i in range(5)]
+    assert seqs == [1, 2, 3, 4, 5]
+    rows = list(iter_records(ws))
+    assert [r["path"] for r in rows] == [f"/f{i}" for i in range(5)]
+    assert rows[0]["prev_hash"] == GENESIS
+    for a, b in zip(rows, rows[1:]):
+        assert b["prev_hash"] == a["hash"]
+    res = verify(ws)
+    assert res.ok and res.count == 5 and res.first_bad_seq is None
+    assert head(ws) == (5, rows[-1]["hash"]) == (res.head_seq, res.head_hash)
+
+
+async def test_empty_log_verifies_and_has_the_genesis_head(ws):
+    assert verify(ws).ok and verify(ws).count == 0
+    assert head(ws) == (0, GENESIS)
+
+
+async def test_concurrent_records_are_group_committed_into_one_contiguous_chain(ws, monkeypatch):
+    commits = []
+    real = store.append
+
+    def counting(conn, records, *a, **kw):
+        commits.append(len(records))
+        return real(conn, records, *a, **kw)
+
+    monkeypatch.setattr(store, "append", counting)
+    got: list[int] = []
+    async with running(ws) as log:
+        async def one(i: int) -> None:
+            got.append(await log.record(ev(path=f"/c{i}")))
+
+        async with trio.open_nursery() as n:
+            for i in range(300):
+                n.start_soon(one, i)
+    assert sorted(got) == list(range(1, 301))
+    assert sum(commits) == 300 and len(commits) < 300, commits
+    assert verify(ws).ok and verify(ws).count == 300
+
+
+async def test_record_returns_only_after_the_record_is_committed(ws):
+    async with running(ws) as log:
+        seq = await log.record(ev(path="/durable"))
+        # Another connection (another process, in effect) sees it at once.
+        row = raw(ws).execute("SELECT path FROM audit_log WHERE seq = ?", (seq,)).fetchone()
+        assert row == ("/durable",)
+
+
+async def test_nowait_records_are_committed_with_the_next_group_and_by_aclose(ws):
+    async with running(ws) as log:
+        log.record_nowait(ev("open-r", "/read", result="ok"))
+        log.record_nowait(ev("unlink", "/secret", result="EACCES", details={"missing": "d"}))
+    rows = list(iter_records(ws))
+    assert [(r["op"], r["result"], r["details"]) for r in rows] == [
+        ("open-r", "ok", None), ("unlink", "EACCES", {"missing": "d"})]
+
+
+async def test_two_writers_on_one_database_make_one_valid_chain(ws):
+    async with running(ws, daemon_id="A") as a, running(ws, daemon_id="B") as b:
+        async def burst(log, name: str) -> None:
+            for i in range(60):
+                await log.record(ev(path=f"/{name}/{i}", agent=name))
+
+        async with trio.open_nursery() as n:
+            for _ in range(3):
+                n.start_soon(burst, a, "a")
+                n.start_soon(burst, b, "b")
+    rows = list(iter_records(ws))
+    assert [r["seq"] for r in rows] == list(range(1, 361))
+    assert {r["agent"] for r in rows} == {"a", "b"}
+    res = verify(ws)
+    assert res.ok and res.count == 360
+
+
+async def _filled(ws, n: int = 6) -> None:
+    async with running(ws) as log:
+        for i in range(n):
+            await log.record(ev(path=f"/x/{i}"))
+
+
+async def test_verify_names_the_record_whose_contents_were_changed(ws):
+    await _filled(ws)
+    raw(ws).execute("UPDATE audit_log SET path = '/innocent' WHERE seq = 4")
+    res = verify(ws)
+    assert not res.ok and res.first_bad_seq == 4 and res.count == 3
+    assert "changed" in res.reason
+
+
+async def test_verify_detects_a_deleted_record(ws):
+    await _filled(ws)
+    raw(ws).execute("DELETE FROM audit_log WHERE seq = 3")
+    res = verify(ws)
+    assert not res.ok and res.first_bad_seq == 4 and "missing" in res.reason
+
+
+async def test_verify_detects_a_rehashed_record_by_the_next_link(ws):
+    await _filled(ws)
+    # A careful tamperer recomputes the changed record's own hash...
+    conn = raw(ws)
+    conn.execute("UPDATE audit_log SET agent = 'mallory' WHERE seq = 2")
+    row = dict(zip(store.COLUMNS, conn.execute("SELECT * FROM audit_log WHERE seq = 2").fetchone()))
+    from agentfs.core.audit_chain import hash_of_row
+
+    conn.execute("UPDATE audit_log SET hash = ? WHERE seq = 2", (hash_of_row(row),))
+    # ...but the next record still links to the old one.
+    res = verify(ws)
+    assert not res.ok and res.first_bad_seq == 3 and "prev_hash" in res.reason
+
+
+async def test_a_rewritten_tail_is_caught_against_a_pinned_head(ws):
+    from agentfs.core.audit import check_pin
+
+    await _filled(ws)
+    seq, h = head(ws)
+    assert check_pin(ws, seq, h) is None
+    raw(ws).execute("DELETE FROM audit_log WHERE seq = ?", (seq,))
+    assert verify(ws).ok  # dropping the tail leaves a consistent chain...
+    assert "truncated" in check_pin(ws, seq, h)  # ...which the pin catches
+
+
+async def test_iter_records_filters(ws):
+    t0 = time.time_ns()
+    async with running(ws) as log:
+        await log.record(ev("create", "/src/a.py", agent="alice"))
+        await log.record(ev("create", "/src/sub/b.py", agent="bob"))
+        await log.record(ev("rename", "/tmp/x", agent="bob", new_path="/src/x.py"))
+        await log.record(ev("unlink", "/docs/readme.md", agent="alice"))
+        await log.record(ev("mkdir", "/srcfoo", agent="alice"))
+    t1 = time.time_ns()
+    paths = lambda **kw: [r["path"] for r in iter_records(ws, **kw)]  # noqa: E731
+    assert paths(agent="bob") == ["/src/sub/b.py", "/tmp/x"]
+    assert paths(op="unlink,mkdir") == ["/docs/readme.md", "/srcfoo"]
+    assert paths(op=["create"]) == ["/src/a.py", "/src/sub/b.py"]
+    # A plain path is the path and its subtree (not a sibling sharing the prefix); renames match on either side.
+    assert paths(path_glob="/src") == ["/src/a.py", "/src/sub/b.py", "/tmp/x"]
+    assert paths(path_glob="/src/*.py") == ["/src/a.py", "/src/sub/b.py", "/tmp/x"]
+    assert paths(path_glob="/docs/readme.md") == ["/docs/readme.md"]
+    assert paths(path_glob="/") == paths()
+    assert paths(since_ns=t1) == [] and len(paths(since_ns=t0, until_ns=t1)) == 5
+    assert paths(limit=2) == ["/src/a.py", "/src/sub/b.py"]
+    assert paths(limit=2, newest=True) == ["/docs/readme.md", "/srcfoo"]
+    assert [r["seq"] for r in iter_records(ws, 3)] == [4, 5]
+    assert paths(agent="alice", op="create", path_glob="/src") == ["/src/a.py"]
+
+
+async def test_paths_that_are_not_utf8_round_trip_and_verify(ws):
+    name = os.fsdecode(b"/bad-\xff\xfe.txt")
+    async with running(ws) as log:
+        await log.record(ev("create", name))
+        await log.record(ev("rename", name, new_path=os.fsdecode(b"/\xe9t\xe9")))
+    rows = list(iter_records(ws))
+    assert rows[0]["path"] == name and rows[1]["new_path"] == os.fsdecode(b"/\xe9t\xe9")
+    assert [r["path"] for r in iter_records(ws, path_glob=name)] == [name, name]
+    assert verify(ws).ok
+
+
+async def test_write_handles_are_in_flight_until_close_write_aggregates_them(ws):
+    async with running(ws) as log:
+        open_seq = await log.open_write(7, ev("open-w", "/big.bin"))
+        conn = raw(ws)
+        assert conn.execute("SELECT handle_id, open_seq FROM audit_inflight").fetchall() == [(7, open_seq)]
+        log.close_write(7, ev("write", "/big.bin"), writes=4, nbytes=300,
+                        ranges=[(0, 100), (100, 200), (500, 600)], size=600, content_hash="blake3:ab")
+        await log.flush()
+        assert conn.execute("SELECT COUNT(*) FROM audit_inflight").fetchone() == (0,)
+    rows = list(iter_records(ws))
+    assert [r["op"] for r in rows] == ["open-w", "write"]
+    assert rows[1]["details"] == {"writes": 4, "bytes": 300, "ranges": [[0, 200], [500, 600]],
+                                  "size": 600, "hash": "blake3:ab"}
+
+
+async def test_a_failed_commit_fails_its_waiters_and_the_log_carries_on(ws, monkeypatch):
+    real = store.append
+    calls = {"n": 0}
+
+    def flaky(*a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise OSError("disk full")
+        return real(*a, **kw)
+
+    monkeypatch.setattr(store, "append", flaky)
+    async with running(ws) as log:
+        with pytest.raises(AuditError, match="disk full"):
+            await log.record(ev(path="/lost"))
+        assert await log.record(ev(path="/kept")) == 1
+    assert verify(ws).ok
+
+
+async def test_durability_power_makes_commits_synchronous_full(ws):
+    async with running(ws, {"audit": {"durability": "power"}}) as log:
+        await log.record(ev())
+        assert log._conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    async with running(ws, {}) as log:
+        await log.record(ev())
+        assert log._conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
+
+
+async def test_reads_setting(ws):
+    async with running(ws, {"audit": {"reads": True}}) as log:
+        assert log.reads
+    async with running(ws) as log:
+        assert not log.reads
+
+
+def test_coalesce_ranges():
+    assert coalesce_ranges([]) == []
+    assert coalesce_ranges([(0, 10), (10, 20), (20, 30)]) == [(0, 30)]
+    assert coalesce_ranges([(50, 60), (0, 10), (5, 20), (20, 21), (70, 70)]) == [(0, 21), (50, 60)]
+    assert coalesce_ranges([[0, 4096], [8192, 9000]]) == [(0, 4096), (8192, 9000)]
+
+
+async def test_content_hasher_hashes_the_file_from_a_write_only_fd(workdir):
+    p = workdir / "f.bin"
+    data = os.urandom(3 << 20) + b"tail"
+    p.write_bytes(data)
+    h = ContentHasher()
+    fd = os.open(p, os.O_WRONLY)
+    try:
+        got = await h.hash_fd_async(fd)
+    finally:
+        os.close(fd)
+    assert got == h.hash_bytes(data) == h.hash_path(p)
+    assert got.startswith(h.algorithm + ":")
+    s = ContentHasher("sha256")
+    assert s.hash_path(p) == "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+async def test_audit_module_exports_the_api_the_fuse_layer_calls():
+    for name in ("AuditEvent", "AuditLog", "coalesce_ranges", "ContentHasher", "iter_records",
+                 "verify", "head"):
+        assert hasattr(audit_mod, name)
+    e = AuditEvent("create", "a", 1, 2, "/p")
+    assert (e.new_path, e.result, e.details) == (None, "ok", None)
