@@ -1,0 +1,92 @@
+"""Runaway detection: alerts once per window, and "deny" refuses an agent while it cools off."""
+
+from __future__ import annotations
+
+from agentfs.core.audit import iter_records
+from agentfs.core.audit_settings import AuditSettings, RunawayRule, parse
+from agentfs.core.runaway import RunawayDetector
+from test_audit_support import running
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def _detector(rule: RunawayRule, per_agent: dict | None = None):
+    alerts = []
+    s = AuditSettings(runaway=rule, runaway_agents=per_agent or {})
+    clock = Clock()
+    return RunawayDetector(lambda: s, alerts.append, clock), alerts, clock
+
+
+def test_writes_to_one_file_alert_once_per_window_and_only_for_that_file():
+    d, alerts, clock = _detector(RunawayRule(writes_per_file_per_minute=5))
+    for _ in range(5):
+        assert d.check("loopy", "open-w", "/a") is False
+    assert alerts == []
+    assert d.check("loopy", "open-w", "/a") is False  # alert only: never denies
+    assert len(alerts) == 1 and alerts[0].rule == "writes_per_file_per_minute" and alerts[0].count == 6
+    for _ in range(20):
+        d.check("loopy", "open-w", "/a")
+        d.check("loopy", "open-w", "/b" + str(_))  # other files each stay under the threshold
+    assert len(alerts) == 1
+    clock.t += 61
+    for _ in range(6):
+        d.check("loopy", "open-w", "/a")
+    assert len(alerts) == 2
+
+
+def test_the_window_slides():
+    d, alerts, clock = _detector(RunawayRule(writes_per_file_per_minute=3))
+    for _ in range(3):
+        d.check("a", "write", "/f")
+        clock.t += 30  # never more than 3 in any 60 s
+    d.check("a", "write", "/f")
+    assert alerts == []
+
+
+def test_new_files_per_minute_counts_creations_across_paths():
+    d, alerts, _ = _detector(RunawayRule(writes_per_file_per_minute=0, new_files_per_minute=10))
+    for i in range(10):
+        d.check("spammer", "create", f"/out/{i}")
+        d.check("spammer", "unlink", f"/out/{i}")  # not a new file
+    assert alerts == []
+    d.check("spammer", "mkdir", "/out/dir")
+    assert [a.rule for a in alerts] == ["new_files_per_minute"] and alerts[0].path == "/out/dir"
+
+
+def test_deny_refuses_every_change_of_the_agent_until_the_cooloff_ends():
+    d, alerts, clock = _detector(RunawayRule(writes_per_file_per_minute=2, action="deny", cooloff_seconds=30))
+    assert [d.check("loopy", "open-w", "/a") for _ in range(3)] == [False, False, True]
+    assert alerts[0].action == "deny" and alerts[0].cooloff_until_ns is not None
+    assert d.check("loopy", "create", "/elsewhere") is True
+    assert d.check("other", "open-w", "/a") is False
+    clock.t += 31
+    assert d.check("loopy", "create", "/elsewhere") is False
+
+
+def test_per_agent_overrides():
+    s = parse({"audit": {"runaway": {"writes_per_file_per_minute": 100}},
+               "agents": {"intern": {"runaway": {"writes_per_file_per_minute": 2, "action": "deny"}}}})
+    assert s.rule_for("intern") == RunawayRule(writes_per_file_per_minute=2, action="deny")
+    assert s.rule_for("senior").writes_per_file_per_minute == 100
+    assert parse({}).rule_for("x") == RunawayRule()
+    assert parse({"audit.runaway": {"action": "deny"}}).runaway.action == "deny"
+
+
+async def test_an_alert_becomes_an_audit_record(ws):
+    settings = {"audit": {"runaway": {"writes_per_file_per_minute": 3, "action": "deny",
+                                      "cooloff_seconds": 600}}}
+    async with running(ws, settings) as log:
+        denied = [log.runaway("loopy", "open-w", "/spin.txt", uid=1001, pid=77) for _ in range(5)]
+    assert denied == [False, False, False, True, True]
+    alerts = list(iter_records(ws, op="runaway"))
+    assert len(alerts) == 1
+    a = alerts[0]
+    assert (a["agent"], a["uid"], a["pid"], a["path"]) == ("loopy", 1001, 77, "/spin.txt")
+    assert a["details"]["rule"] == "writes_per_file_per_minute" and a["details"]["action"] == "deny"
+    assert a["details"]["count"] == 4 and a["details"]["threshold"] == 3
