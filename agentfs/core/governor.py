@@ -9,6 +9,7 @@ nothing: a bare pass-through, used to measure our own cost against it.
 from __future__ import annotations
 
 import enum
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +31,7 @@ class Caller:
     gid: int
     pid: int
     session_id: int | None = None
+    how: str = ""  # mount | session | uid | default: how the agent was recognised
 
 
 class Denied(Exception):
@@ -81,8 +83,9 @@ class OpenGovernor:
     async def open_write(self, caller: Caller, handle: int, path: str) -> None:
         """Note durably that `handle` may write `path` (for crash forensics)."""
 
-    def close_write(self, caller: Caller, handle: int, path: str, stats: dict[str, Any]) -> None:
-        """Record the aggregated writes of a handle at release."""
+    def close_write(self, caller: Caller, handle: int, path: str, stats: dict[str, Any], fd: int) -> None:
+        """Record the aggregated writes of a handle at release; owns `fd` (a dup, for hashing)."""
+        os.close(fd)
 
     async def run(self, task_status: Any = None) -> None:
         """Background work (audit writer, lock expiry, policy reload); none here."""

@@ -488,7 +488,7 @@ class Operations(pyfuse3.Operations):
             if h.writable:
                 size = os.fstat(h.fd).st_size
                 stats = {"writes": h.writes, "bytes": h.nbytes, "ranges": h.ranges, "size": size}
-                self.gov.close_write(h.caller, fh, h.path, stats)
+                self.gov.close_write(h.caller, fh, h.path, stats, os.dup(h.fd))
         finally:
             os.close(h.fd)
 
