@@ -502,3 +502,33 @@ async def test_conflict_costs_no_reload_when_nothing_changed(lm, monkeypatch):
     for _ in range(100):
         assert lm.conflict("bob", "/f", R) is not None
     assert calls == []
+
+
+# ---- change detection ----------------------------------------------------------------------------------
+
+async def test_manager_without_beacon_still_sees_other_daemons(make, monkeypatch):
+    from agentfs.store import locks_table
+    d1 = make()
+    monkeypatch.setattr(locks_table.Beacon, "open", classmethod(lambda cls, path: None))
+    d2 = make()
+    assert d2._beacon is None
+    lock = await d1.acquire("alice", "/f", EX)
+    assert d2.conflict("bob", "/f", R) == lock
+    await d1.release("alice", "/f")
+    assert d2.conflict("bob", "/f", R) is None
+
+
+async def test_unpublished_write_is_seen_by_the_safety_recheck(lm, ws):
+    """A writer that died between COMMIT and publishing is noticed within SAFETY_RECHECK_SECONDS."""
+    from agentfs.core import locks as locks_mod
+    from agentfs.store import db, locks_table
+    assert lm.conflict("bob", "/f", R) is None
+    conn = db.connect(ws)
+    with locks_table.immediate(conn):
+        locks_table.upsert_lock(conn, ("/f", "ghost", "exclusive", None, 999, 0, 2**62))
+        locks_table.bump_generation(conn)
+    conn.close()
+    with trio.fail_after(locks_mod.SAFETY_RECHECK_SECONDS + 2):
+        while lm.conflict("bob", "/f", R) is None:
+            await trio.sleep(0.02)
+    assert lm.conflict("bob", "/f", R).agent == "ghost"

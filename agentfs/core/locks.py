@@ -29,8 +29,10 @@ import bisect
 import builtins
 import dataclasses
 import logging
+import sqlite3
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator
 
@@ -48,6 +50,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# Even when the beacon shows no change, ask SQLite this often (a writer may
+# have died between committing and publishing).
+SAFETY_RECHECK_SECONDS = 0.5
 # How often waiters re-check a lock another daemon may have released.
 POLL_SECONDS = 0.02
 # An intent outlives its request's deadline by this much, so a waiter that
@@ -192,6 +197,9 @@ class LockManager:
         self._wconn = db.connect(ws)
         self._wmutex = threading.Lock()
         self._rconn = db.connect(ws, readonly=True)
+        self._beacon = table.Beacon.open(ws.run_path / "locks.gen")
+        self._beacon_seen: int | None = None
+        self._next_recheck = 0.0
         self._data_version: int | None = None
         self._generation: int | None = None
         self._snap = _Snapshot()
@@ -199,6 +207,8 @@ class LockManager:
         self._refresh()
 
     def close(self) -> None:
+        if self._beacon is not None:
+            self._beacon.close()
         self._rconn.close()
         with self._wmutex:
             self._wconn.close()
@@ -213,6 +223,11 @@ class LockManager:
     # ---- snapshot -------------------------------------------------------
     def _refresh(self) -> _Snapshot:
         """Reload the snapshot if, and only if, the lock tables changed since the last look."""
+        if self._beacon is not None:
+            seen, now = self._beacon.read(), time.monotonic()
+            if seen == self._beacon_seen and now < self._next_recheck:
+                return self._snap
+            self._beacon_seen, self._next_recheck = seen, now + SAFETY_RECHECK_SECONDS
         dv = table.data_version(self._rconn)
         if dv == self._data_version:
             return self._snap
@@ -225,6 +240,15 @@ class LockManager:
             (_Intent(i, p, a, LockMode(m), e) for i, p, a, m, e in intent_rows))
         self._generation = gen
         return self._snap
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction on this manager's connection, announced on the beacon once committed."""
+        with self._wmutex:
+            with table.immediate(self._wconn) as conn:
+                yield conn
+            if self._beacon is not None:
+                self._beacon.publish(table.generation(self._wconn))
 
     def _alive(self, lock: Lock) -> bool:
         return lock.session_id is None or self._session_alive(lock.session_id)
@@ -317,7 +341,7 @@ class LockManager:
                    force: bool, intent: int | None, remaining: float
                    ) -> tuple[Lock | None, Lock | None, int | None]:
         """One attempt in a write transaction: (granted, None, None) or (None, blocker, intent id)."""
-        with self._wmutex, table.immediate(self._wconn) as conn:
+        with self._write() as conn:
             now = time.time_ns()
             locks = [_lock_from_row(r) for r in table.locks_related(conn, path)]
             broken = [lk for lk in locks if force and lk.path == path and lk.agent != agent]
@@ -348,7 +372,7 @@ class LockManager:
             return lock, None, None
 
     def _drop_intent(self, intent: int) -> None:
-        with self._wmutex, table.immediate(self._wconn) as conn:
+        with self._write() as conn:
             table.delete_intent(conn, intent)
             table.bump_generation(conn)
 
@@ -364,7 +388,7 @@ class LockManager:
         return released
 
     def _release(self, agent: str, path: str, force: bool) -> Lock | None:
-        with self._wmutex, table.immediate(self._wconn) as conn:
+        with self._write() as conn:
             now = time.time_ns()
             held = [lk for lk in map(_lock_from_row, table.locks_at(conn, path)) if lk.alive_at(now)]
             mine = next((lk for lk in held if lk.agent == agent), None)
@@ -427,7 +451,7 @@ class LockManager:
         return not lock.alive_at(now_ns) or not self._alive(lock)
 
     def _expire(self) -> builtins.list[Lock]:
-        with self._wmutex, table.immediate(self._wconn) as conn:
+        with self._write() as conn:
             now = time.time_ns()
             purged = [lk for lk in map(_lock_from_row, table.all_locks(conn))
                       if self._is_dead(lk, now)]
@@ -450,7 +474,7 @@ class LockManager:
         snap = self._refresh()
         if old not in snap.by_path and next(snap.below(old), None) is None:
             return
-        with self._wmutex, table.immediate(self._wconn) as conn:
+        with self._write() as conn:
             for lock in map(_lock_from_row, table.locks_under(conn, old)):
                 table.delete_lock(conn, lock.path, lock.agent)
                 moved = dataclasses.replace(lock, path=new + lock.path[len(old):])
@@ -465,7 +489,7 @@ class LockManager:
         snap = self._refresh()
         if path not in snap.by_path and next(snap.below(path), None) is None:
             return
-        with self._wmutex, table.immediate(self._wconn) as conn:
+        with self._write() as conn:
             for row in table.locks_under(conn, path):
                 table.delete_lock(conn, row[0], row[1])
             table.bump_generation(conn)
