@@ -90,3 +90,50 @@ async def test_an_alert_becomes_an_audit_record(ws):
     assert (a["agent"], a["uid"], a["pid"], a["path"]) == ("loopy", 1001, 77, "/spin.txt")
     assert a["details"]["rule"] == "writes_per_file_per_minute" and a["details"]["action"] == "deny"
     assert a["details"]["count"] == 4 and a["details"]["threshold"] == 3
+
+
+def test_settings_from_a_policy_file(workdir):
+    from agentfs.core.audit_settings import policy_settings
+    from agentfs.core.policy import PolicyHolder
+
+    p = workdir / "agentfs.toml"
+    p.write_text("""\
+[workspace]
+default_agent = "anyone"
+
+[agents.anyone]
+rules = [{ path = "/**", allow = "rwcdl" }]
+
+[agents.intern]
+rules = [{ path = "/**", allow = "rw" }]
+
+[agents.intern.runaway]
+action = "deny"
+
+[audit]
+retention_records = 100
+durability = "power"
+
+[audit.runaway]
+writes_per_file_per_minute = 7
+""")
+    fn = policy_settings(PolicyHolder(p))
+    assert fn() is fn()
+    s = parse(fn())
+    assert (s.retention_records, s.durability, s.reads) == (100, "power", False)
+    assert s.rule_for("anyone").writes_per_file_per_minute == 7
+    assert s.rule_for("intern") == RunawayRule(writes_per_file_per_minute=7, action="deny")
+
+
+def test_a_misspelt_runaway_key_is_a_policy_error(workdir):
+    import pytest
+
+    from agentfs.core.policy import Policy, PolicyError
+
+    p = workdir / "agentfs.toml"
+    p.write_text('[workspace]\ndefault_agent = "nobody"\n\n[audit.runaway]\nactoin = "deny"\n')
+    with pytest.raises(PolicyError, match="actoin"):
+        Policy.load(p)
+    p.write_text('[workspace]\ndefault_agent = "nobody"\n\n[audit]\ndurability = "paranoid"\n')
+    with pytest.raises(PolicyError, match="durability"):
+        Policy.load(p)

@@ -26,7 +26,7 @@ Policy file shape:
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 DURABILITY = ("process", "power")
 ACTIONS = ("alert", "deny")
@@ -153,3 +153,34 @@ def from_policy_file(path: Any) -> AuditSettings:
     except (OSError, tomllib.TOMLDecodeError):
         return AuditSettings()
     return parse(data)
+
+
+def settings_from_policy(policy: Any) -> dict[str, Any]:
+    """The dict `AuditLog`'s settings callable returns, from a loaded `Policy`.
+
+    Per-agent rules take only the keys the agent's `[agents.NAME.runaway]`
+    sets, so everything else falls back to `[audit.runaway]`.
+    """
+    agents = {}
+    for name, a in getattr(policy, "agents", {}).items():
+        own = (getattr(a, "extra", None) or {}).get("runaway")
+        if own:
+            agents[name] = {"runaway": dict(own)}
+    return {"audit": policy.settings("audit"), "audit.runaway": policy.settings("audit.runaway"),
+            "agents": agents}
+
+
+def policy_settings(holder: Any) -> Callable[[], dict[str, Any]]:
+    """A settings callable over a `PolicyHolder`: the same dict until the policy is reloaded.
+
+    Returning the same object lets `AuditLog` skip re-parsing on every request.
+    """
+    cache: list[Any] = [None, None]
+
+    def current() -> dict[str, Any]:
+        p = holder.current
+        if cache[0] is not p:
+            cache[0], cache[1] = p, settings_from_policy(p)
+        return cache[1]
+
+    return current
