@@ -8,18 +8,13 @@ nothing: a bare pass-through, used to measure our own cost against it.
 
 from __future__ import annotations
 
-import enum
 import os
 from dataclasses import dataclass, field
 from typing import Any
 
+from agentfs.core.lock_types import Access
 
-class Access(enum.Enum):
-    """What an operation does to a path, for lock checks."""
-
-    READ = "read"
-    WRITE = "write"
-    DELETE = "delete"
+__all__ = ["Access", "Caller", "Denied", "OpenGovernor"]
 
 
 @dataclass(frozen=True)
@@ -60,7 +55,8 @@ class OpenGovernor:
     def identify(self, uid: int, gid: int, pid: int) -> Caller:
         return Caller("*", uid, gid, pid)
 
-    def visible(self, caller: Caller, path: str) -> bool:
+    def visible(self, caller: Caller, path: str, is_dir: bool = True) -> bool:
+        """False when `path` is invisible to `caller` (ENOENT, absent from listings)."""
         return True
 
     def require(self, caller: Caller, op: str, path: str, rights: str) -> None:

@@ -168,7 +168,7 @@ class Operations(pyfuse3.Operations):
                 return hit
         pnode, nm, path, caller = self._child_of(parent, name, ctx)
         st = os.stat(nm, dir_fd=self._fd(pnode), follow_symlinks=False)
-        if not self.gov.visible(caller, path):
+        if not self.gov.visible(caller, path, stat_mod.S_ISDIR(st.st_mode)):
             raise pyfuse3.FUSEError(errno.ENOENT)
         node = self.inodes.remember(parent, nm, st)
         return self._entry(node, st, path)
@@ -189,7 +189,7 @@ class Operations(pyfuse3.Operations):
             return await self.virtual.getattr(inode, self._caller(ctx))
         node = self.inodes.get(inode)
         path = self._path(inode)
-        if not self.gov.visible(self._caller(ctx), path):
+        if not self.gov.visible(self._caller(ctx), path, node.is_dir):
             raise pyfuse3.FUSEError(errno.ENOENT)
         return self._entry(node, os.stat(self._fd(node)), path)
 
@@ -259,7 +259,7 @@ class Operations(pyfuse3.Operations):
         node = self.inodes.get(inode)
         path = self._path(inode)
         caller = self._caller(ctx)
-        if not self.gov.visible(caller, path):
+        if not self.gov.visible(caller, path, False):
             raise pyfuse3.FUSEError(errno.ENOENT)
         self.gov.require(caller, "readlink", path, "r")
         return os.fsencode(os.readlink("", dir_fd=self._fd(node)))
@@ -314,7 +314,7 @@ class Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EROFS)
         pnode, nm, path, caller = self._child_of(parent, name, ctx)
         pfd = self._fd(pnode)
-        if not self.gov.visible(caller, path):
+        if not self.gov.visible(caller, path, is_dir):
             raise pyfuse3.FUSEError(errno.ENOENT)
         op = "rmdir" if is_dir else "unlink"
         self.gov.require(caller, op, path, "d")
@@ -339,7 +339,7 @@ class Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EINVAL)
         ofd, nfd = self._fd(po), self._fd(pn)
         src = os.stat(no, dir_fd=ofd, follow_symlinks=False)
-        if not self.gov.visible(caller, path_old):
+        if not self.gov.visible(caller, path_old, stat_mod.S_ISDIR(src.st_mode)):
             raise pyfuse3.FUSEError(errno.ENOENT)
         try:
             dst: os.stat_result | None = os.stat(nn, dir_fd=nfd, follow_symlinks=False)
@@ -373,7 +373,7 @@ class Operations(pyfuse3.Operations):
         pnode, nm, path, caller = self._child_of(new_parent, new_name, ctx)
         self._reject_virtual_name(new_parent, nm)
         src_path = self._path(inode)
-        if not self.gov.visible(caller, src_path):
+        if not self.gov.visible(caller, src_path, False):
             raise pyfuse3.FUSEError(errno.ENOENT)
         self.gov.require(caller, "link", src_path, "r")
         self.gov.require(caller, "link", path, "c")
@@ -400,7 +400,7 @@ class Operations(pyfuse3.Operations):
         node = self.inodes.get(inode)
         path = self._path(inode)
         caller = self._caller(ctx)
-        if not self.gov.visible(caller, path):
+        if not self.gov.visible(caller, path, False):
             raise pyfuse3.FUSEError(errno.ENOENT)
         writable = _fd_for_write(flags)
         acc = flags & os.O_ACCMODE
@@ -546,12 +546,12 @@ class Operations(pyfuse3.Operations):
                     return
                 self.virtual.looked_up(attr.st_ino)
                 continue
-            path = join(h.path, nm)
-            if not self.gov.visible(h.caller, path):
-                continue
             try:
                 st = os.stat(nm, dir_fd=dfd, follow_symlinks=False)
             except FileNotFoundError:
+                continue
+            path = join(h.path, nm)
+            if not self.gov.visible(h.caller, path, stat_mod.S_ISDIR(st.st_mode)):
                 continue
             child = self.inodes.remember(h.ino, nm, st)
             if not pyfuse3.readdir_reply(token, os.fsencode(nm), self._entry(child, st, path), i + 1):

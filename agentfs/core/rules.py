@@ -1,0 +1,269 @@
+"""The governor of a workspace: identity, policy, locks and audit joined once.
+
+Front ends call this and nothing else of the core. Every decision that a
+request needs is made here: who the caller is, whether the policy lets them
+see or do it, whether another agent's lock forbids it, and the durable
+record of what happened (changes and denials alike).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import time
+import uuid
+from typing import Any
+
+import trio
+
+from agentfs.core.audit import AuditEvent, AuditLog
+from agentfs.core.audit_content import ContentHasher
+from agentfs.core.governor import Caller, Denied
+from agentfs.core.identity import IdentityResolver, stamp_path
+from agentfs.core.lock_format import format_lock_xattr, format_locks_listing, parse_lock_xattr
+from agentfs.core.lock_types import Access, LockConflict
+from agentfs.core.locks import LockManager
+from agentfs.core.policy import PolicyHolder
+from agentfs.core.rights import Rights
+from agentfs.workspace import Workspace
+
+log = logging.getLogger(__name__)
+
+# Letters that change something: these count towards runaway detection.
+_CHANGING = set("wcd")
+_MAX_CALLERS = 4096
+HOUSEKEEPING_SECONDS = 1.0
+STAMP_CHECK_SECONDS = 0.02
+
+
+def _mtime(path: str) -> int | None:
+    try:
+        return os.stat(path).st_mtime_ns
+    except OSError:
+        return None
+
+
+class WorkspaceGovernor:
+    def __init__(self, ws: Workspace, mount_agent: str | None = None) -> None:
+        self.ws = ws
+        self.mount_agent = mount_agent
+        self.holder = PolicyHolder(ws.policy_path)
+        if mount_agent is not None and mount_agent not in self.holder.current.agents:
+            from agentfs.errors import MountError
+
+            raise MountError(f"agent {mount_agent!r} is not in {ws.policy_path}: add it, or mount without --agent")
+        self.identity = IdentityResolver(self.holder, ws, mount_agent)
+        self.locks = LockManager(ws, lambda: self.holder.current.settings("locks"),
+                                 session_alive=self.identity.session_alive)
+        self.audit = AuditLog(ws, lambda: self.holder.current.settings("audit"),
+                              daemon_id=f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:8]}")
+        self.hasher = ContentHasher()
+        self._callers: dict[tuple[int, int, int], Caller] = {}
+        self._policy_gen = self.holder.generation
+        self._nursery: trio.Nursery | None = None
+        self._stamp_path = stamp_path(ws)
+        self._stamp = _mtime(self._stamp_path)
+        self._stamp_due = 0.0
+
+    # ----- who -----------------------------------------------------------
+
+    def identify(self, uid: int, gid: int, pid: int) -> Caller:
+        now = time.monotonic()
+        if now >= self._stamp_due:
+            # `agentfs run` touches this stamp when it tags a process: a pid
+            # cached as untagged a moment ago must be looked at again.
+            self._stamp_due = now + STAMP_CHECK_SECONDS
+            stamp = _mtime(self._stamp_path)
+            if stamp != self._stamp:
+                self._stamp = stamp
+                self._callers.clear()
+        key = (uid, gid, pid)
+        c = self._callers.get(key)
+        if c is not None:
+            return c
+        ident = self.identity.resolve(uid, gid, pid)
+        c = Caller(ident.agent, uid, gid, pid, ident.session_id, ident.how)
+        if len(self._callers) >= _MAX_CALLERS:
+            self._callers.clear()
+        # Short-lived: the resolver guards pid reuse by start time; this only
+        # saves the /proc read for the burst of requests one process makes.
+        self._callers[key] = c
+        return c
+
+    # ----- may -----------------------------------------------------------
+
+    def visible(self, caller: Caller, path: str, is_dir: bool = True) -> bool:
+        return self.holder.current.visible(caller.agent, path, is_dir)
+
+    def require(self, caller: Caller, op: str, path: str, rights: str) -> None:
+        if not rights:
+            return
+        policy = self.holder.current
+        have = policy.rights(caller.agent, path)
+        need = Rights.parse(rights)
+        if need & ~have:
+            visible = Rights.R in have or policy.visible(caller.agent, path, True)
+            code = errno.EACCES if visible else errno.ENOENT
+            self._deny(caller, op, path, code, {"need": rights, "have": have.fixed()})
+            raise Denied(code, f"{caller.agent} lacks {rights} on {path}")
+        if _CHANGING & set(rights) and self.audit.runaway(caller.agent, op, path, caller.uid, caller.pid):
+            self._deny(caller, op, path, errno.EACCES, {"reason": "runaway cooling-off"})
+            raise Denied(errno.EACCES, f"{caller.agent} is cooling off after a runaway")
+
+    def check_link(self, caller: Caller, src_path: str, new_path: str) -> None:
+        """A hard link must not give anyone more rights on the file than its old name did."""
+        policy = self.holder.current
+        for agent in list(policy.agents) + [policy.default_agent]:
+            gained = policy.rights(agent, new_path) & ~policy.rights(agent, src_path)
+            if gained & (Rights.R | Rights.W):
+                self._deny(caller, "link", src_path, errno.EACCES,
+                           {"reason": f"{agent} would gain {gained.fixed()}", "new_path": new_path})
+                raise Denied(errno.EACCES, f"a link at {new_path} would give {agent} more rights")
+
+    def timeout(self, path: str) -> float:
+        policy = self.holder.current
+        cache = float(policy.settings("mount").get("cache_seconds", 60.0))
+        if self.mount_agent is not None or policy.uniform(path):
+            return cache
+        return 0.0
+
+    def _deny(self, caller: Caller, op: str, path: str, code: int, details: dict[str, Any]) -> None:
+        self.audit.record_nowait(AuditEvent(op, caller.agent, caller.uid, caller.pid, path,
+                                            result=errno.errorcode.get(code, str(code)), details=details))
+
+    # ----- locks ---------------------------------------------------------
+
+    async def lock_wait(self, caller: Caller, path: str, access: Access, subtree: bool = False) -> None:
+        try:
+            await self.locks.wait_clear(caller.agent, path, access, subtree)
+        except LockConflict as e:
+            self._deny(caller, access.value, path, errno.EAGAIN,
+                       {"lock": e.lock.agent, "mode": e.lock.mode.value, "on": e.lock.path})
+            raise Denied(errno.EAGAIN, str(e)) from None
+
+    def lock_xattr_get(self, caller: Caller, path: str) -> bytes:
+        if not self.visible(caller, path):
+            raise Denied(errno.ENOENT)
+        value = format_lock_xattr(self.locks.covering(path), time.time_ns(), path)
+        if not value:
+            import pyfuse3
+
+            raise Denied(pyfuse3.ENOATTR)
+        return value
+
+    async def lock_xattr_set(self, caller: Caller, path: str, value: bytes) -> None:
+        if not self.visible(caller, path):
+            raise Denied(errno.ENOENT)
+        try:
+            mode, ttl, force = parse_lock_xattr(value)
+        except ValueError as e:
+            raise Denied(errno.EINVAL, str(e)) from None
+        self.require(caller, "lock", path, "l")
+        try:
+            lock = await self.locks.acquire(caller.agent, path, mode, ttl, caller.session_id, 0.0, force)
+        except LockConflict as e:
+            self._deny(caller, "lock", path, errno.EAGAIN, {"held_by": e.lock.agent, "mode": e.lock.mode.value})
+            raise Denied(errno.EAGAIN, str(e)) from None
+        await self.record(caller, "lock", path, details={"mode": lock.mode.value, "token": lock.token,
+                                                        "expires_ns": lock.expires_ns, "force": force})
+
+    async def lock_xattr_remove(self, caller: Caller, path: str) -> None:
+        if not self.visible(caller, path):
+            raise Denied(errno.ENOENT)
+        try:
+            lock = await self.locks.release(caller.agent, path)
+        except PermissionError as e:
+            self._deny(caller, "unlock", path, errno.EPERM, {"reason": str(e)})
+            raise Denied(errno.EPERM, str(e)) from None
+        if lock is None:
+            import pyfuse3
+
+            raise Denied(pyfuse3.ENOATTR)
+        await self.record(caller, "unlock", path, details={"mode": lock.mode.value, "token": lock.token})
+
+    def render_locks(self, caller: Caller) -> str:
+        policy = self.holder.current
+        shown = [lk for lk in self.locks.list() if policy.visible(caller.agent, lk.path, True)]
+        return format_locks_listing(shown)
+
+    # ----- record --------------------------------------------------------
+
+    async def record(self, caller: Caller, op: str, path: str, new_path: str | None = None,
+                     result: str = "ok", details: dict[str, Any] | None = None) -> None:
+        await self.audit.record(AuditEvent(op, caller.agent, caller.uid, caller.pid, path, new_path,
+                                           result, details))
+        if op in ("rename", "exchange") and new_path is not None:
+            self.locks.on_rename(path, new_path)
+        elif op in ("unlink", "rmdir"):
+            self.locks.on_delete(path)
+
+    async def open_write(self, caller: Caller, handle: int, path: str) -> None:
+        await self.audit.open_write(handle, AuditEvent("open-w", caller.agent, caller.uid, caller.pid, path))
+
+    def close_write(self, caller: Caller, handle: int, path: str, stats: dict[str, Any], fd: int) -> None:
+        ev = AuditEvent("write", caller.agent, caller.uid, caller.pid, path)
+        if self._nursery is None or not stats.get("writes"):
+            os.close(fd)
+            self.audit.close_write(handle, ev, stats["writes"], stats["bytes"], stats["ranges"],
+                                   stats["size"], None)
+            return
+        self._nursery.start_soon(self._hash_and_close, handle, ev, stats, fd)
+
+    async def _hash_and_close(self, handle: int, ev: AuditEvent, stats: dict[str, Any], fd: int) -> None:
+        try:
+            digest = await self.hasher.hash_fd_async(fd)
+        except OSError as e:
+            log.warning("cannot hash %s: %s", ev.path, e)
+            digest = None
+        finally:
+            os.close(fd)
+        self.audit.close_write(handle, ev, stats["writes"], stats["bytes"], stats["ranges"], stats["size"], digest)
+
+    # ----- search --------------------------------------------------------
+
+    async def search(self, caller: Caller, query: str) -> tuple[list[Any], str]:
+        from agentfs.search.client import SearchUnavailable, query_async
+
+        try:
+            hits = await query_async(self.ws.root, query, k=10, agent=caller.agent)
+        except SearchUnavailable:
+            return [], "the search sidecar is not running: start it with `agentfs index`"
+        except Exception as e:  # the sidecar's trouble must not become an EIO
+            log.warning("search for %r failed: %s", query, e)
+            return [], f"search failed: {e}"
+        policy = self.holder.current
+        return [h for h in hits if Rights.R in policy.rights(caller.agent, h.path)], ""
+
+    # ----- lifecycle -----------------------------------------------------
+
+    def reload(self) -> None:
+        if self.holder.reload():
+            self._callers.clear()
+
+    async def run(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            await nursery.start(self.audit.run)
+            nursery.start_soon(self._housekeeping)
+            task_status.started()
+
+    async def _housekeeping(self) -> None:
+        while True:
+            await trio.sleep(HOUSEKEEPING_SECONDS)
+            try:
+                if self.holder.maybe_reload() or self.holder.generation != self._policy_gen:
+                    self._policy_gen = self.holder.generation
+                # Bounds how long a (uid, gid, pid) answer lives: pids are reused.
+                self._callers.clear()
+                for lk in await self.locks.expire():
+                    self.audit.record_nowait(AuditEvent("lock-expired", lk.agent, -1, 0, lk.path,
+                                                        details={"mode": lk.mode.value, "token": lk.token}))
+                self.identity.forget_dead()
+            except Exception:
+                log.exception("housekeeping failed; retrying")
+
+    async def aclose(self) -> None:
+        await self.audit.aclose()
+        self.locks.close()
+        self.identity.close()
