@@ -56,7 +56,11 @@ def _target_user(user: str) -> pwd.struct_passwd:
 @click.argument("command", nargs=-1, type=click.UNPROCESSED, required=True)
 def run_cmd(agent: str, workspace_opt: str | None, user: str | None, command: tuple[str, ...]) -> None:
     """Run COMMAND (after --) as agent NAME; it and all its descendants keep that identity."""
-    ws = resolve_workspace(workspace_opt)
+    try:
+        ws = resolve_workspace(workspace_opt)
+    except PermissionError:
+        raise AgentfsError("cannot read the workspace: only root or the workspace owner "
+                           "may start agents with agentfs run") from None
     euid = os.geteuid()
     owner = os.stat(ws.root).st_uid
     if euid not in (0, owner):
