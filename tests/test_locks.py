@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import trio
 
@@ -266,14 +268,33 @@ async def test_fencing_tokens_monotonic_across_managers_and_restarts(make):
 
 async def test_lock_dies_with_its_session(make):
     alive = {7: True}
-    lm = make(lambda s: alive.get(s, False))
+    threads = set()
+
+    def session_alive(s):
+        threads.add(threading.current_thread())
+        return alive.get(s, False)
+
+    lm = make(session_alive)
     lock = await lm.acquire("writer", "/draft.md", EX, session_id=7)
     assert lm.conflict("bob", "/draft.md", R) == lock
+    with pytest.raises(LockConflict):
+        await lm.acquire("bob", "/draft.md", SH)
     assert await lm.expire() == []
     alive[7] = False
     assert lm.conflict("bob", "/draft.md", R) is None
     assert await lm.expire() == [lock]
     assert list_locks(lm._ws) == []
+    # the identity resolver is not thread-safe: it is only ever asked on the trio thread
+    assert threads == {threading.main_thread()}
+
+
+async def test_dead_session_lock_does_not_block_grants(make):
+    alive = {7: True}
+    lm = make(lambda s: alive.get(s, False))
+    await lm.acquire("writer", "/draft.md", EX, session_id=7)
+    alive[7] = False
+    got = await lm.acquire("bob", "/draft.md", EX)
+    assert lm.get("/draft.md") == [got]
 
 
 # ---- two daemons ------------------------------------------------------------------------

@@ -253,6 +253,15 @@ class LockManager:
     def _alive(self, lock: Lock) -> bool:
         return lock.session_id is None or self._session_alive(lock.session_id)
 
+    def _dead_sessions(self, snap: _Snapshot) -> frozenset[int]:
+        """Sessions of the snapshot's locks that have ended, asked on the caller's (trio) thread.
+
+        `session_alive` (the identity resolver) is not thread-safe, so worker
+        threads only consult this set; a session they have not seen counts as alive.
+        """
+        sessions = {lk.session_id for lk in snap.locks if lk.session_id is not None}
+        return frozenset(s for s in sessions if not self._session_alive(s))
+
     def _notify(self) -> None:
         """Wake local waiters after a change made by this process."""
         self._changed.set()
@@ -317,8 +326,10 @@ class LockManager:
         try:
             while True:
                 remaining = max(0.0, deadline - trio.current_time())
+                dead = self._dead_sessions(self._refresh())
                 granted, blocker, intent = await trio.to_thread.run_sync(
-                    self._try_grant, agent, path, mode, ttl, session_id, force, intent, remaining)
+                    self._try_grant, agent, path, mode, ttl, session_id, force, intent, remaining,
+                    dead)
                 if granted is not None:
                     intent = None
                     self._notify()
@@ -338,7 +349,7 @@ class LockManager:
                     await trio.to_thread.run_sync(self._drop_intent, intent)
 
     def _try_grant(self, agent: str, path: str, mode: LockMode, ttl: float, session_id: int | None,
-                   force: bool, intent: int | None, remaining: float
+                   force: bool, intent: int | None, remaining: float, dead: frozenset[int]
                    ) -> tuple[Lock | None, Lock | None, int | None]:
         """One attempt in a write transaction: (granted, None, None) or (None, blocker, intent id)."""
         with self._write() as conn:
@@ -348,7 +359,8 @@ class LockManager:
             locks = [lk for lk in locks if lk not in broken]
             intents = [] if force else [
                 _Intent(i, p, a, LockMode(m), e) for i, p, a, m, e in table.intents(conn)]
-            blocker = _request_blocker(locks, intents, agent, path, mode, intent, now, self._alive)
+            blocker = _request_blocker(locks, intents, agent, path, mode, intent, now,
+                                       lambda lk: lk.session_id not in dead)
             if blocker is not None:
                 if intent is None and remaining > 0:
                     intent = table.add_intent(conn, path, agent, mode.value,
@@ -439,22 +451,20 @@ class LockManager:
         """
         snap = self._refresh()
         now = time.time_ns()
-        if not any(self._is_dead(lk, now) for lk in snap.locks) and \
+        dead = self._dead_sessions(snap)
+        if not any(not lk.alive_at(now) or lk.session_id in dead for lk in snap.locks) and \
                 not any(i.expires_ns <= now for i in snap.intents):
             return []
-        purged = await trio.to_thread.run_sync(self._expire)
+        purged = await trio.to_thread.run_sync(self._expire, dead)
         if purged:
             self._notify()
         return purged
 
-    def _is_dead(self, lock: Lock, now_ns: int) -> bool:
-        return not lock.alive_at(now_ns) or not self._alive(lock)
-
-    def _expire(self) -> builtins.list[Lock]:
+    def _expire(self, dead: frozenset[int]) -> builtins.list[Lock]:
         with self._write() as conn:
             now = time.time_ns()
             purged = [lk for lk in map(_lock_from_row, table.all_locks(conn))
-                      if self._is_dead(lk, now)]
+                      if not lk.alive_at(now) or lk.session_id in dead]
             for lk in purged:
                 table.delete_lock(conn, lk.path, lk.agent)
             dropped = table.delete_expired_intents(conn, now)
