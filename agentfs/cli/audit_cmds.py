@@ -16,6 +16,7 @@ from agentfs.core import audit_archive
 from agentfs.core.audit import check_pin, head, iter_records, verify
 from agentfs.core.audit_settings import from_policy_file
 from agentfs.errors import AgentfsError
+from agentfs.store import db
 
 _REL = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|d|w)\s*$")
 _UNIT = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -112,14 +113,18 @@ def audit(ctx: click.Context, agent: str | None, path_glob: str | None, op: str 
     if last == 0:
         last = head(ws)[0]
     sys.stdout.flush()
-    while True:
-        time.sleep(FOLLOW_INTERVAL)
-        got = False
-        for r in iter_records(ws, last, **filt):
-            emit(r)
-            last, got = r["seq"], True
-        if got:
-            sys.stdout.flush()
+    conn = db.connect(ws)
+    try:
+        while True:
+            time.sleep(FOLLOW_INTERVAL)
+            got = False
+            for r in iter_records(ws, last, conn=conn, **filt):
+                emit(r)
+                last, got = r["seq"], True
+            if got:
+                sys.stdout.flush()
+    finally:
+        conn.close()
 
 
 def _ws(ctx: click.Context, workspace_opt: str | None):

@@ -262,21 +262,20 @@ class AuditLog:
 
     def _recover_sync(self) -> int:
         """Record every in-flight handle whose daemon is gone as interrupted, and clear it."""
-        conn = self._conn
-        assert conn is not None
-        dead = [r for r in store.inflight(conn)
-                if proc_start_time(r["daemon_pid"]) != r["daemon_start"]
-                and not (r["daemon_pid"] == self._pid and r["daemon_start"] == self._start)]
-        if not dead:
-            return 0
-        recs = [store.NewRecord(time.time_ns(), r["agent"], r["uid"], r["pid"], OP_INTERRUPTED,
-                                r["path"], None, "ok",
-                                _details_json({"open_seq": r["open_seq"], "daemon_id": r["daemon_id"],
-                                               "daemon_pid": r["daemon_pid"], "handle": r["handle_id"]}))
-                for r in dead]
-        store.append(conn, recs, GENESIS, record_hash, (),
-                     [(r["daemon_id"], r["handle_id"]) for r in dead])
-        return len(dead)
+        assert self._conn is not None
+
+        def is_dead(r: dict[str, Any]) -> bool:
+            if r["daemon_pid"] == self._pid and r["daemon_start"] == self._start:
+                return False
+            return proc_start_time(r["daemon_pid"]) != r["daemon_start"]
+
+        def record_for(r: dict[str, Any]) -> store.NewRecord:
+            return store.NewRecord(time.time_ns(), r["agent"], r["uid"], r["pid"], OP_INTERRUPTED,
+                                   r["path"], None, "ok",
+                                   _details_json({"open_seq": r["open_seq"], "daemon_id": r["daemon_id"],
+                                                  "daemon_pid": r["daemon_pid"], "handle": r["handle_id"]}))
+
+        return store.recover_inflight(self._conn, is_dead, record_for, GENESIS, record_hash)
 
     async def _retention(self) -> None:
         self._since_retention = 0
@@ -356,7 +355,8 @@ def _public(row: dict[str, Any]) -> dict[str, Any]:
 def iter_records(ws: Workspace, since_seq: int = 0, *, agent: str | None = None,
                  path_glob: str | None = None, op: str | Iterable[str] | None = None,
                  since_ns: int | None = None, until_ns: int | None = None,
-                 limit: int | None = None, newest: bool = False) -> Iterator[dict[str, Any]]:
+                 limit: int | None = None, newest: bool = False,
+                 conn: sqlite3.Connection | None = None) -> Iterator[dict[str, Any]]:
     """Records with seq > since_seq matching every filter given, oldest first.
 
     This is both the query and the change feed (follow it by passing the last
@@ -364,6 +364,7 @@ def iter_records(ws: Workspace, since_seq: int = 0, *, agent: str | None = None,
     crosses "/"); without, it is a path and everything below it. A record
     matches on its path or its new_path. `limit` keeps the first N matches,
     or the last N with `newest=True`. Archived records are included.
+    `conn` reuses an open state connection (a follower polling often).
     Yields dicts: seq, ts_ns, agent, uid, pid, op, path, new_path, result,
     details (a dict or None), prev_hash, hash.
     """
@@ -374,7 +375,9 @@ def iter_records(ws: Workspace, since_seq: int = 0, *, agent: str | None = None,
         sql_prefix = None
     filt = dict(agent=agent, ops=ops, path_glob=sql_glob, path_prefix=sql_prefix,
                 since_ns=since_ns, until_ns=until_ns)
-    conn = db.connect(ws)
+    own = conn is None
+    if conn is None:
+        conn = db.connect(ws)
     try:
         archived = store.archived_meta(conn)
         use_archive = archived is not None and since_seq < archived[0]
@@ -413,4 +416,5 @@ def iter_records(ws: Workspace, since_seq: int = 0, *, agent: str | None = None,
                 yield _public(row)
             after = rows[-1]["seq"]
     finally:
-        conn.close()
+        if own:
+            conn.close()

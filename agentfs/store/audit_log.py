@@ -123,6 +123,25 @@ def read_head(conn: sqlite3.Connection) -> tuple[int, str] | None:
     return _head(conn)
 
 
+def _insert(conn: sqlite3.Connection, records: list[NewRecord], genesis: str,
+            chain: ChainFn) -> list[tuple[int, str]]:
+    """Chain and insert `records` after the head; the caller holds BEGIN IMMEDIATE."""
+    head = _head(conn)
+    seq, prev = head if head else (0, genesis)
+    out: list[tuple[int, str]] = []
+    rows = []
+    for r in records:
+        seq += 1
+        h = chain(prev, seq, r)
+        rows.append((seq, r.ts_ns, r.agent, r.uid, r.pid, r.op, enc_path(r.path),
+                     enc_path(r.new_path), r.result, r.details, prev, h))
+        out.append((seq, h))
+        prev = h
+    conn.executemany(
+        "INSERT INTO audit_log (" + ", ".join(COLUMNS) + ") VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+    return out
+
+
 def append(conn: sqlite3.Connection, records: list[NewRecord], genesis: str, chain: ChainFn,
            inflight_add: Iterable[InflightAdd] = (),
            inflight_del: Iterable[tuple[str, int]] = ()) -> list[tuple[int, str]]:
@@ -133,20 +152,7 @@ def append(conn: sqlite3.Connection, records: list[NewRecord], genesis: str, cha
     """
     conn.execute("BEGIN IMMEDIATE")
     try:
-        head = _head(conn)
-        seq, prev = head if head else (0, genesis)
-        out: list[tuple[int, str]] = []
-        rows = []
-        for r in records:
-            seq += 1
-            h = chain(prev, seq, r)
-            rows.append((seq, r.ts_ns, r.agent, r.uid, r.pid, r.op, enc_path(r.path),
-                         enc_path(r.new_path), r.result, r.details, prev, h))
-            out.append((seq, h))
-            prev = h
-        conn.executemany(
-            "INSERT INTO audit_log (" + ", ".join(COLUMNS) + ") VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-            rows)
+        out = _insert(conn, records, genesis, chain)
         for a in inflight_add:
             r = records[a.index]
             conn.execute(
@@ -154,10 +160,34 @@ def append(conn: sqlite3.Connection, records: list[NewRecord], genesis: str, cha
                 " open_seq, agent, uid, pid, path) VALUES (?,?,?,?,?,?,?,?,?)",
                 (a.daemon_id, a.handle_id, a.daemon_pid, a.daemon_start, out[a.index][0],
                  r.agent, r.uid, r.pid, enc_path(r.path)))
-        conn.executemany("DELETE FROM audit_inflight WHERE daemon_id = ? AND handle_id = ?",
-                         list(inflight_del))
+        dels = list(inflight_del)
+        if dels:
+            conn.executemany("DELETE FROM audit_inflight WHERE daemon_id = ? AND handle_id = ?", dels)
         conn.execute("COMMIT")
         return out
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+def recover_inflight(conn: sqlite3.Connection, is_dead: Callable[[dict[str, Any]], bool],
+                     record_for: Callable[[dict[str, Any]], NewRecord], genesis: str,
+                     chain: ChainFn) -> int:
+    """Turn the in-flight rows of dead daemons into records, in one transaction.
+
+    One transaction, so that two daemons starting together record each
+    interrupted handle once.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        dead = [r for r in inflight(conn) if is_dead(r)]
+        if dead:
+            _insert(conn, [record_for(r) for r in dead], genesis, chain)
+            conn.executemany("DELETE FROM audit_inflight WHERE daemon_id = ? AND handle_id = ?",
+                             [(r["daemon_id"], r["handle_id"]) for r in dead])
+        conn.execute("COMMIT")
+        return len(dead)
     except BaseException:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
