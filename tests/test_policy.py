@@ -401,3 +401,30 @@ def test_holder_refuses_broken_file_at_start(tmp_path) -> None:
     f.write_text("[agents.a]\nfoo = 1\n")
     with pytest.raises(PolicyError, match=":2: agents.a.foo: unknown key"):
         PolicyHolder(f)
+
+
+# -- the examples in docs/POLICIES.md ------------------------------------------------
+
+def _doc_blocks() -> list[str]:
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "POLICIES.md").read_text()
+    return [b.split("```", 1)[0] for b in text.split("```toml\n")[1:]]
+
+
+def test_doc_examples_validate_and_mean_what_they_say() -> None:
+    blocks = _doc_blocks()
+    assert len(blocks) == 4
+    policies = [Policy.from_text(b, "POLICIES.md") for b in blocks]
+    handoff, data, secrets = policies[1:]
+    assert handoff.rights("researcher", "/handoff/x.md") == Rights.C
+    assert handoff.visible("researcher", "/handoff") and not handoff.visible("researcher", "/handoff/x.md")
+    assert str(handoff.rights("writer", "/handoff/x.md")) == "rd"
+    assert data.rights("analyst", "/data/prices.csv") == Rights.R
+    assert data.agent_for_uid(2102) == "analyst"
+    assert not secrets.visible("coder", "/project/secrets")
+    assert secrets.rights("coder", "/project/secrets") == Rights.NONE
+    assert secrets.rights("coder", "/project/src/key.pem") == Rights.NONE
+    assert secrets.rights("coder", "/project/key.pem") == Rights.NONE
+    assert str(secrets.rights("coder", "/project/src/main.py")) == "rwcdl"
+    assert str(secrets.rights("ops", "/project/secrets/token")) == "rwcdl"
