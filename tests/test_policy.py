@@ -418,7 +418,7 @@ def test_doc_examples_validate_and_mean_what_they_say() -> None:
     policies = [Policy.from_text(b, "POLICIES.md") for b in blocks]
     handoff, data, secrets = policies[1:]
     assert handoff.rights("researcher", "/handoff/x.md") == Rights.C
-    assert handoff.visible("researcher", "/handoff") and not handoff.visible("researcher", "/handoff/x.md")
+    assert handoff.visible("researcher", "/handoff") and not handoff.visible("researcher", "/handoff/x.md", is_dir=False)
     assert str(handoff.rights("writer", "/handoff/x.md")) == "rd"
     assert data.rights("analyst", "/data/prices.csv") == Rights.R
     assert data.agent_for_uid(2102) == "analyst"
