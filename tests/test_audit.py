@@ -7,6 +7,8 @@ import os
 import time
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 import trio
 
 from agentfs.core import audit as audit_mod
@@ -251,3 +253,49 @@ async def test_audit_module_exports_the_api_the_fuse_layer_calls():
         assert hasattr(audit_mod, name)
     e = AuditEvent("create", "a", 1, 2, "/p")
     assert (e.new_path, e.result, e.details) == (None, "ok", None)
+
+
+_WRITER = r"""
+import sys, trio
+from agentfs.core.audit import AuditLog, AuditEvent
+from agentfs.workspace import Workspace
+
+async def main():
+    ws = Workspace.open(sys.argv[1])
+    log = AuditLog(ws, lambda: {}, sys.argv[2])
+    async with trio.open_nursery() as n:
+        await n.start(log.run)
+        async def burst(k):
+            for i in range(100):
+                await log.record(AuditEvent("create", sys.argv[2], 0, 0, f"/{sys.argv[2]}/{k}/{i}"))
+        async with trio.open_nursery() as m:
+            for k in range(4):
+                m.start_soon(burst, k)
+        await log.aclose()
+
+trio.run(main)
+"""
+
+
+def test_daemons_in_separate_processes_append_to_one_chain(ws):
+    import subprocess
+    import sys
+
+    procs = [subprocess.Popen([sys.executable, "-c", _WRITER, str(ws.root), name],
+                              stderr=subprocess.PIPE, text=True) for name in ("p1", "p2", "p3")]
+    for p in procs:
+        assert p.wait(timeout=60) == 0, p.stderr.read()
+    rows = list(iter_records(ws))
+    assert [r["seq"] for r in rows] == list(range(1, 1201))
+    assert {r["agent"] for r in rows} == {"p1", "p2", "p3"}
+    assert verify(ws).ok and verify(ws).count == 1200
+
+
+@given(st.lists(st.tuples(st.integers(0, 300), st.integers(0, 40)), max_size=40))
+def test_coalesce_ranges_covers_exactly_the_written_bytes(writes):
+    ranges = [(off, off + n) for off, n in writes]
+    out = coalesce_ranges(ranges)
+    covered = {b for s, e in ranges for b in range(s, e)}
+    assert {b for s, e in out for b in range(s, e)} == covered
+    assert all(s < e for s, e in out)
+    assert all(a[1] < b[0] for a, b in zip(out, out[1:]))  # sorted, disjoint, not touching

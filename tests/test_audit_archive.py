@@ -73,3 +73,11 @@ async def test_a_tampered_or_missing_segment_is_detected(ws):
     path.unlink()
     res = verify(ws)
     assert not res.ok and res.first_bad_seq == 5 and "missing" in res.reason
+
+
+async def test_archiving_many_records_makes_bounded_segments(ws, monkeypatch):
+    monkeypatch.setattr(audit_archive, "SEGMENT_RECORDS", 4)
+    await _write(ws, 11)
+    assert audit_archive.archive(ws, keep_records=1) == 10
+    assert [(a, b) for a, b, _ in audit_archive.segments(ws)] == [(1, 4), (5, 8), (9, 10)]
+    assert verify(ws).ok and verify(ws).count == 11

@@ -25,6 +25,8 @@ from agentfs.workspace import Workspace
 log = logging.getLogger(__name__)
 
 ARCHIVE_DIR = "audit-archive"
+# At most this many records a segment (and a transaction).
+SEGMENT_RECORDS = 50000
 _SEGMENT = re.compile(r"^audit-(\d{12})-(\d{12})\.jsonl\.gz$")
 
 
@@ -97,11 +99,19 @@ def archive(ws: Workspace, keep_records: int = 0, retention_days: float = 0.0,
         if upto_seq is None:
             before = (time.time_ns() - int(retention_days * 86400e9)) if retention_days > 0 else None
             upto_seq = store.archive_cutoff(conn, keep_records, before)
-        if upto_seq <= 0:
-            return 0
-        n = store.archive_range(conn, upto_seq, lambda rows: _write_segment(ws, rows))
-        if n:
-            log.info("audit: archived %d records up to seq %d", n, upto_seq)
-        return n
+        total = 0
+        while True:
+            first, _last, _count = store.live_bounds(conn)
+            if upto_seq <= 0 or first == 0 or first > upto_seq:
+                break
+            # Bounded segments keep each transaction (which holds appends off) short.
+            n = store.archive_range(conn, min(upto_seq, first + SEGMENT_RECORDS - 1),
+                                    lambda rows: _write_segment(ws, rows))
+            if n == 0:
+                break
+            total += n
+        if total:
+            log.info("audit: archived %d records up to seq %d", total, upto_seq)
+        return total
     finally:
         conn.close()
