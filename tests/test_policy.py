@@ -5,11 +5,16 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import textwrap
+from itertools import product
+from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from agentfs.core.globs import GlobError, compile_glob
+from agentfs.core.globs import GlobError, _pattern, compile_glob
 from agentfs.core.policy import FieldSpec, Policy, PolicyError, PolicyHolder, Rights, register_section
 from agentfs.core.starter import STARTER_POLICY_TEXT
 
@@ -406,8 +411,6 @@ def test_holder_refuses_broken_file_at_start(tmp_path) -> None:
 # -- the examples in docs/POLICIES.md ------------------------------------------------
 
 def _doc_blocks() -> list[str]:
-    from pathlib import Path
-
     text = (Path(__file__).resolve().parent.parent / "docs" / "POLICIES.md").read_text()
     return [b.split("```", 1)[0] for b in text.split("```toml\n")[1:]]
 
@@ -428,3 +431,33 @@ def test_doc_examples_validate_and_mean_what_they_say() -> None:
     assert secrets.rights("coder", "/project/key.pem") == Rights.NONE
     assert str(secrets.rights("coder", "/project/src/main.py")) == "rwcdl"
     assert str(secrets.rights("ops", "/project/secrets/token")) == "rwcdl"
+
+
+# -- globs against a brute-force model ---------------------------------------------------
+
+_NAMES = ["a", "b", "x.md"]
+_UNIVERSE = ["/" + "/".join(p) for n in range(1, 6) for p in product(_NAMES, repeat=n)]
+_SEGMENT = st.sampled_from(["a", "b", "x.md", "*", "**", "*.md", "?", "[ab]", "[!a]"])
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(_SEGMENT, min_size=1, max_size=3))
+def test_glob_ancestors_match_brute_force(segments: list[str]) -> None:
+    """`ancestor(P)` is exactly "something strictly below P matches" (within the universe)."""
+    g = compile_glob("/" + "/".join(segments))
+    matches = [q for q in _UNIVERSE if g.match(q)]
+    for p in _UNIVERSE:
+        if p.count("/") > 2:
+            continue
+        below = any(q.startswith(p + "/") for q in matches)
+        assert bool(g.ancestor(p)) == below, (g.text, p)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(_SEGMENT, min_size=1, max_size=3))
+def test_glob_fast_paths_agree_with_regex(segments: list[str]) -> None:
+    text = "/" + "/".join(segments)
+    g = compile_glob(text)
+    rx = re.compile(_pattern(tuple(segments), text), re.DOTALL)
+    for p in _UNIVERSE:
+        assert g.match(p) == (rx.fullmatch(p) is not None), (text, p)
