@@ -553,3 +553,54 @@ async def test_unpublished_write_is_seen_by_the_safety_recheck(lm, ws):
         while lm.conflict("bob", "/f", R) is None:
             await trio.sleep(0.02)
     assert lm.conflict("bob", "/f", R).agent == "ghost"
+
+
+# ---- several processes --------------------------------------------------------------------------------
+
+_WORKER = r"""
+import sys, trio
+from pathlib import Path
+from agentfs.core.locks import LockManager, LockMode
+from agentfs.workspace import Workspace
+
+async def main(root, agent, rounds, counter):
+    lm = LockManager(Workspace(Path(root)), lambda: {"default_ttl": 60.0, "wait_seconds": 5.0})
+    tokens = []
+    for _ in range(rounds):
+        lock = await lm.acquire(agent, "/counter", LockMode.EXCLUSIVE, wait=60)
+        tokens.append(lock.token)
+        value = int(Path(counter).read_text())
+        await trio.sleep(0.002)  # widen the read-modify-write window a broken lock would expose
+        Path(counter).write_text(str(value + 1))
+        await lm.release(agent, "/counter")
+    print(" ".join(map(str, tokens)))
+
+trio.run(main, sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4])
+"""
+
+
+async def test_processes_increment_a_counter_under_exclusive_locks(ws, tmp_path):
+    """Several processes (as several daemons would) never hold the lock at once: no lost update."""
+    import sys
+    counter = tmp_path / "counter"
+    counter.write_text("0")
+    procs, rounds = 4, 15
+    outputs: list[str] = []
+
+    async def one(i: int):
+        r = await trio.run_process([sys.executable, "-c", _WORKER, str(ws.root), f"agent{i}",
+                                    str(rounds), str(counter)],
+                                   capture_stdout=True, capture_stderr=True, check=False)
+        assert r.returncode == 0, r.stderr.decode()
+        outputs.append(r.stdout.decode())
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as n:
+            for i in range(procs):
+                n.start_soon(one, i)
+    assert int(counter.read_text()) == procs * rounds
+    tokens = [int(t) for out in outputs for t in out.split()]
+    assert len(tokens) == procs * rounds and len(set(tokens)) == len(tokens)
+    for out in outputs:
+        mine = [int(t) for t in out.split()]
+        assert mine == sorted(mine)
