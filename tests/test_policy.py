@@ -461,3 +461,14 @@ def test_glob_fast_paths_agree_with_regex(segments: list[str]) -> None:
     rx = re.compile(_pattern(tuple(segments), text), re.DOTALL)
     for p in _UNIVERSE:
         assert g.match(p) == (rx.fullmatch(p) is not None), (text, p)
+
+
+def test_link_leak(design: Policy) -> None:
+    # out of the writer's secret folder into its readable drafts: the writer would gain rights
+    assert design.link_leak("/drafts/secret/plan.md", "/drafts/plan.md") == "writer"
+    # from drafts into research: the researcher gains rwcdl on the writer's file
+    assert design.link_leak("/drafts/a.md", "/research/a.md") == "researcher"
+    # within one area, everyone keeps exactly the rights they had
+    assert design.link_leak("/drafts/a.md", "/drafts/b.md") is None
+    # into a place where some lose rights but nobody gains: allowed
+    assert design.link_leak("/research/a.md", "/drafts/secret/a.md") is None

@@ -165,6 +165,24 @@ class Policy:
                 return False
         return True
 
+    def link_leak(self, src_path: str, new_path: str) -> str | None:
+        """The agent a hard link `new_path` -> `src_path` would give more rights, or None.
+
+        A hard link is the same file under a second name; if any agent has a
+        right (or visibility) on the new name that it lacks on the old one,
+        the link would carry the file into an area where its reader gets more,
+        or out of a private area. The FUSE layer refuses such links (EACCES),
+        on top of requiring r on the source and c on the new name.
+        """
+        for name in self.agents:
+            old = self._rights(name, src_path)
+            new = self._rights(name, new_path)
+            if new & ~old:
+                return name
+            if self._visible(name, new_path, False) and not self._visible(name, src_path, False):
+                return name
+        return None
+
     # -- reporting --------------------------------------------------------
 
     def explain(self, agent: str, path: str) -> list[dict[str, Any]]:
