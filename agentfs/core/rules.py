@@ -103,7 +103,9 @@ class WorkspaceGovernor:
         have = policy.rights(caller.agent, path)
         need = Rights.parse(rights)
         if need & ~have:
-            visible = Rights.R in have or policy.visible(caller.agent, path, True)
+            # Refusing only `c` reveals nothing (the kernel already heard ENOENT
+            # for an invisible name before it asks to create it): say EACCES.
+            visible = need == Rights.C or Rights.R in have or policy.visible(caller.agent, path, True)
             code = errno.EACCES if visible else errno.ENOENT
             self._deny(caller, op, path, code, {"need": rights, "have": have.fixed()})
             raise Denied(code, f"{caller.agent} lacks {rights} on {path}")

@@ -322,3 +322,10 @@ def archive_range(conn: sqlite3.Connection, upto_seq: int,
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
+
+
+def recent_agents(conn: sqlite3.Connection, since_ns: int) -> list[tuple[str, int, int]]:
+    """(agent, records, newest ts_ns) for agents with records since `since_ns`, newest first."""
+    return conn.execute(
+        "SELECT agent, COUNT(*), MAX(ts_ns) FROM audit_log WHERE ts_ns >= ? GROUP BY agent ORDER BY 3 DESC",
+        (since_ns,)).fetchall()

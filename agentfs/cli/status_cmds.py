@@ -1,0 +1,95 @@
+"""`agentfs status` and `agentfs whoami`."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from agentfs.cli._common import echo_json, resolve_workspace, workspace_option
+from agentfs.errors import AgentfsError
+from agentfs.workspace import mounts_of_agentfs
+
+
+@click.command("status")
+@workspace_option
+@click.option("--json", "as_json", is_flag=True, help="One JSON object.")
+def status_cmd(workspace_opt: str | None, as_json: bool) -> None:
+    """Mounts and daemons, agents seen, locks, audit head, index freshness.
+
+    Exits 1 if a daemon is dead or a mount is stale, and says how to recover.
+    """
+    from agentfs.status import gather
+
+    ws = resolve_workspace(workspace_opt)
+    st = gather(ws)
+    if as_json:
+        echo_json(st)
+        sys.exit(0 if st["healthy"] else 1)
+    click.echo(f"workspace  {st['workspace']}")
+    if not st["mounts"]:
+        click.echo("mounts     none (mount with `agentfs mount WS MNT`)")
+    for m in st["mounts"]:
+        who = f" agent={m['agent']}" if m.get("agent") else ""
+        state = "ok" if not m.get("problem") else "PROBLEM"
+        click.echo(f"mount      {m['mountpoint']}  daemon pid {m.get('pid')}{who}  {state}")
+        if m.get("problem"):
+            click.echo(f"           {m['problem']}")
+    agents = ", ".join(f"{a['agent']} ({a['records']})" for a in st["agents_recent"]) or "none"
+    click.echo(f"agents     seen in the last hour: {agents}")
+    click.echo(f"locks      {len(st['locks'])} held" + "".join(
+        f"\n           {lk['mode']} {lk['path']} by {lk['agent']} (ttl {lk['ttl']} s, token {lk['token']})"
+        for lk in st["locks"]))
+    a = st["audit"]
+    click.echo(f"audit      {a['live_records']} records, head {a['head_seq']}:{a['head_hash'][:16]}…, "
+               f"state db {a['db_bytes'] / 1e6:.1f} MB")
+    ix = st["index"]
+    if ix.get("running"):
+        click.echo(f"index      sidecar running ({ix.get('mode')}): {ix.get('files')} files, {ix.get('chunks')} chunks, "
+                   f"{ix.get('pending', 0)} pending, {ix.get('skipped_binary', 0)} binary skipped, "
+                   f"last indexed {ix.get('last_indexed')}")
+    else:
+        click.echo(f"index      sidecar not running ({ix.get('files', 0)} files indexed, last {ix.get('last_indexed')}): "
+                   f"start it with `agentfs index -w {st['workspace']}`")
+    sys.exit(0 if st["healthy"] else 1)
+
+
+def _mount_of(path: Path) -> Path | None:
+    best = None
+    for mnt, _ws in mounts_of_agentfs():
+        if path == mnt or mnt in path.parents:
+            if best is None or len(mnt.parts) > len(best.parts):
+                best = mnt
+    return best
+
+
+@click.command("whoami")
+@click.argument("path", required=False, type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="One JSON object.")
+def whoami_cmd(path: str | None, as_json: bool) -> None:
+    """Which agent the mount sees this process as (reads MOUNT/.agentfs/whoami).
+
+    PATH is any path on the mount (default: the current directory).
+    """
+    here = Path(os.path.abspath(path or "."))
+    mnt = _mount_of(here)
+    if mnt is None:
+        raise AgentfsError(f"{here} is not on an agentfs mount: cd into one, or give a path on it")
+    try:
+        text = (mnt / ".agentfs" / "whoami").read_text()
+    except OSError as e:
+        raise AgentfsError(f"cannot read {mnt}/.agentfs/whoami: {e.strerror}") from None
+    if as_json:
+        fields = dict(line.split(": ", 1) for line in text.splitlines() if ": " in line)
+        for k in ("uid", "gid", "pid", "session"):
+            if k in fields:
+                fields[k] = int(fields[k])
+        fields["mountpoint"] = str(mnt)
+        echo_json(fields)
+    else:
+        click.echo(text, nl=False)
+
+
+COMMANDS = [status_cmd, whoami_cmd]
