@@ -6,6 +6,7 @@ import enum
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from typing import Iterator
 
 
 def iso_utc(ns: int) -> str:
@@ -58,3 +59,40 @@ class LockConflict(Exception):
         what = "queued request" if lock.token == 0 else "lock"
         super().__init__(f"{lock.path} is held by {lock.agent} ({lock.mode.value} {what})")
         self.lock = lock
+
+
+def normalize(path: str) -> str:
+    """The canonical policy path: '/a/b', no trailing slash, no '.', '..' refused."""
+    if not path.startswith("/"):
+        raise ValueError(f"lock paths are workspace paths starting with '/': {path!r}")
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise ValueError(f"'..' is not allowed in a lock path: {path!r}")
+    return "/" + "/".join(parts)
+
+
+def ancestors(path: str) -> Iterator[str]:
+    """path itself, then each parent up to '/'."""
+    yield path
+    while path != "/":
+        cut = path.rfind("/")
+        path = path[:cut] or "/"
+        yield path
+
+
+def overlaps(a: str, b: str) -> bool:
+    """True when one path is the other or lies below it."""
+    if a == b or a == "/" or b == "/":
+        return True
+    return b.startswith(a + "/") or a.startswith(b + "/")
+
+
+def modes_conflict(held: LockMode, wanted: LockMode) -> bool:
+    return held is LockMode.EXCLUSIVE or wanted is LockMode.EXCLUSIVE
+
+
+def forbids(lock: Lock, agent: str, access: Access) -> bool:
+    """Whether `lock` stops `agent` from `access` (expiry and sessions are checked by callers)."""
+    if lock.agent == agent:
+        return False
+    return lock.mode is LockMode.EXCLUSIVE or access is not Access.READ
