@@ -26,7 +26,9 @@ from agentfs.store.backing import proc_path, renameat2, utimensat
 log = logging.getLogger(__name__)
 
 NAME_MAX = 255
-_OPEN_DROP = os.O_CREAT | os.O_EXCL | os.O_NOCTTY
+# O_NOFOLLOW was honoured by the kernel's lookup already; on the /proc
+# re-open of a descriptor it would refuse every file with ELOOP.
+_OPEN_DROP = os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_NOFOLLOW
 _AT_FDCWD = -100
 
 
