@@ -42,11 +42,13 @@ def ws(workdir: Path) -> Workspace:
     return make_workspace(workdir, POLICY)
 
 
-@pytest.fixture
-def resolver(ws: Workspace) -> Iterator[IdentityResolver]:
-    r = IdentityResolver(PolicyHolder(ws.policy_path), ws)
+@pytest.fixture(params=[None, 0], ids=["pidfd", "procfs"])
+def resolver(ws: Workspace, request: pytest.FixtureRequest) -> Iterator[IdentityResolver]:
+    """Both ways of recognising a repeat caller: a pidfd probe, or re-reading its start time."""
+    r = IdentityResolver(PolicyHolder(ws.policy_path), ws, max_pidfds=request.param)
     yield r
     r.close()
+    assert r._pidfds == 0
 
 
 @pytest.fixture
@@ -265,3 +267,38 @@ def test_policy_reload_changes_uid_agents(ws: Workspace, resolver: IdentityResol
     assert resolver.holder.reload()
     assert resolver.resolve(2001, 0, os.getpid()).agent == "guest"
     assert resolver.resolve(2002, 0, os.getpid()).agent == "researcher"
+
+
+def test_a_dead_process_is_not_recognised_again(ws: Workspace, resolver: IdentityResolver,
+                                                procs: list[subprocess.Popen]) -> None:
+    root, sleeper = tree(procs)
+    register(ws, "writer", root.pid)
+    assert resolver.resolve(0, 0, sleeper).how == "session"
+    seen = resolver._seen[sleeper]
+    assert resolver._still_same(sleeper, seen)
+    os.kill(sleeper, signal.SIGKILL)
+    root.wait(timeout=10)                           # sleep is reaped by sh, then sh exits
+    assert not resolver._still_same(sleeper, seen)
+    assert resolver.resolve(0, 0, sleeper).how == "default"
+    assert sleeper not in resolver._seen
+
+
+def test_pidfd_cap_is_respected(ws: Workspace, procs: list[subprocess.Popen]) -> None:
+    r = IdentityResolver(PolicyHolder(ws.policy_path), ws, max_pidfds=2)
+    try:
+        pids = []
+        for _ in range(4):
+            p = subprocess.Popen(["sleep", "60"])
+            procs.append(p)
+            pids.append(p.pid)
+        for pid in pids:
+            assert r.resolve(4242, 0, pid).how == "default"
+        assert r._pidfds == 2
+        assert sum(1 for s in r._seen.values() if s.pidfd >= 0) == 2
+        for p in procs:
+            p.kill()
+            p.wait()
+        r.forget_dead()
+        assert r._pidfds == 0 and not r._seen
+    finally:
+        r.close()

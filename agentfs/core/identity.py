@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import logging
 import os
+import resource
+import signal
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -142,17 +144,38 @@ def session_alive(conn: sqlite3.Connection, session_id: int) -> bool:
     return row is not None and row.ended_ns is None and pid_alive(row.pid, row.start_time)
 
 
+class _Seen:
+    """What the resolver knows about one pid: the process it was, and its tag."""
+
+    __slots__ = ("start", "tag", "pidfd")
+
+    def __init__(self, start: int, tag: _Tag | None, pidfd: int) -> None:
+        self.start, self.tag, self.pidfd = start, tag, pidfd
+
+
 class IdentityResolver:
-    """Resolves callers to agents for one daemon; not thread-safe (use it on the trio thread)."""
+    """Resolves callers to agents for one daemon; not thread-safe (use it on the trio thread).
+
+    A repeat caller costs a pidfd signal-0 probe (or, for a thread id or once
+    pidfds run out, one read of /proc/PID/stat) plus a stat of the session
+    stamp; the state DB is read only for a process not seen before.
+    """
 
     def __init__(self, holder: "PolicyHolder", ws: "Workspace", mount_agent: str | None = None, *,
-                 connect: Callable[[], sqlite3.Connection] | None = None) -> None:
+                 connect: Callable[[], sqlite3.Connection] | None = None, max_pidfds: int | None = None) -> None:
         self.holder = holder
         self.ws = ws
         self.mount_agent = mount_agent
         self._connect = connect
         self._conn: sqlite3.Connection | None = None
+        # (pid, start time) -> tag: also consulted for ancestors during a walk.
         self._cache: dict[tuple[int, int], _Tag | None] = {}
+        self._seen: dict[int, _Seen] = {}
+        self._pidfds = 0
+        if max_pidfds is None:
+            soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+            max_pidfds = 256 if soft == resource.RLIM_INFINITY else max(0, min(256, soft // 8))
+        self._max_pidfds = max_pidfds
         self._rows: dict[int, store.SessionRow] = {}
         self._stamp = stamp_path(ws)
         self._stamp_seen: int | None = self._stamp_mtime()
@@ -174,6 +197,8 @@ class IdentityResolver:
         return self._conn
 
     def close(self) -> None:
+        for pid in list(self._seen):
+            self._drop(pid)
         if self._conn is not None:
             self._conn.close()
             self._conn = None
@@ -191,34 +216,75 @@ class IdentityResolver:
             return Identity(agent, uid, pid, None, "uid")
         return Identity(policy.default_agent, uid, pid, None, "default")
 
+    def _drop(self, pid: int) -> None:
+        seen = self._seen.pop(pid, None)
+        if seen is not None and seen.pidfd >= 0:
+            os.close(seen.pidfd)
+            self._pidfds -= 1
+
+    def _still_same(self, pid: int, seen: _Seen) -> bool:
+        """Is `pid` still the process we saw? A pidfd dies with its process, so reuse shows."""
+        if seen.pidfd >= 0:
+            try:
+                signal.pidfd_send_signal(seen.pidfd, 0)
+                return True
+            except OSError:
+                return False
+        return process_start_time(pid) == seen.start
+
     def _tag(self, pid: int) -> _Tag | None:
-        start = process_start_time(pid)
-        if start is None:
-            return None
-        key = (pid, start)
         stamp = self._stamp_mtime()
         if stamp != self._stamp_seen:
             # A session was registered since: untagged answers may be stale.
             self._stamp_seen = stamp
             self._cache = {k: v for k, v in self._cache.items() if v is not None}
-        try:
-            return self._cache[key]
-        except KeyError:
-            pass
-        try:
-            live = {(r.pid, r.start_time): r for r in store.live_sessions(self.conn)}
-        except sqlite3.Error as e:
-            log.error("cannot read sessions from the state DB (%s): caller %d resolved by uid", e, pid)
+            for p in [p for p, s in self._seen.items() if s.tag is None]:
+                self._drop(p)
+        seen = self._seen.get(pid)
+        if seen is not None:
+            if self._still_same(pid, seen):
+                return seen.tag
+            self._drop(pid)
+        pidfd = self._open_pidfd(pid)
+        start = process_start_time(pid)
+        if start is None:
+            if pidfd >= 0:
+                os.close(pidfd)
+                self._pidfds -= 1
             return None
-        for row in live.values():
-            self._rows[row.id] = row
-        tag = _walk(pid, live, self._cache) if live or self._cache else None
-        if len(self._cache) >= _MAX_CACHE:
-            self.forget_dead()
+        key = (pid, start)
+        if key in self._cache:
+            tag = self._cache[key]
+        else:
+            try:
+                live = {(r.pid, r.start_time): r for r in store.live_sessions(self.conn)}
+            except sqlite3.Error as e:
+                log.error("cannot read sessions from the state DB (%s): caller %d resolved by uid", e, pid)
+                if pidfd >= 0:
+                    os.close(pidfd)
+                    self._pidfds -= 1
+                return None
+            for row in live.values():
+                self._rows[row.id] = row
+            tag = _walk(pid, live, self._cache) if live or self._cache else None
             if len(self._cache) >= _MAX_CACHE:
-                self._cache.clear()
-        self._cache[key] = tag
+                self.forget_dead()
+                if len(self._cache) >= _MAX_CACHE:
+                    self._cache.clear()
+            self._cache[key] = tag
+        self._seen[pid] = _Seen(start, tag, pidfd)
         return tag
+
+    def _open_pidfd(self, pid: int) -> int:
+        """A pidfd for a process (not a thread id), while we hold fewer than the cap."""
+        if self._pidfds >= self._max_pidfds:
+            return -1
+        try:
+            fd = os.pidfd_open(pid)
+        except (OSError, AttributeError):
+            return -1
+        self._pidfds += 1
+        return fd
 
     def session_alive(self, session_id: int) -> bool:
         """True while the session's root lives; the row is cached, so only /proc is read."""
@@ -234,10 +300,12 @@ class IdentityResolver:
         return pid_alive(row.pid, row.start_time)
 
     def forget_dead(self) -> int:
-        """Housekeeping: drop cache entries of gone processes and end dead sessions in the DB."""
+        """Housekeeping: drop what we know of gone processes and end dead sessions in the DB."""
         dead = [k for k in self._cache if not pid_alive(*k)]
         for k in dead:
             del self._cache[k]
+        for pid in [p for p, s in self._seen.items() if not self._still_same(p, s)]:
+            self._drop(pid)
         try:
             ended = [r.id for r in store.live_sessions(self.conn) if not pid_alive(r.pid, r.start_time)]
             if ended:
