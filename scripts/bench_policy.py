@@ -85,6 +85,32 @@ def main() -> None:
     print(f"uniform  cold {uni_cold:6.1f} µs/call   memoised {uni_warm:5.2f} µs/call  (all {args.agents + 1} agents)")
     granted = sum(1 for a, p in calls if int(pol.rights(a, p)))
     print(f"({granted}/{len(calls)} calls granted some right)")
+    bench_identity(text)
+
+
+def bench_identity(policy_text: str) -> None:
+    """µs per IdentityResolver.resolve() for a repeat caller (the open/lookup path)."""
+    import os
+    import tempfile
+
+    from agentfs.core.identity import IdentityResolver
+    from agentfs.core.policy import PolicyHolder
+    from agentfs.workspace import init_workspace
+
+    with tempfile.TemporaryDirectory() as d:
+        ws = init_workspace(os.path.join(d, "ws"), policy_text)
+        for label, cap in (("pidfd probe", None), ("/proc re-read", 0)):
+            r = IdentityResolver(PolicyHolder(ws.policy_path), ws, max_pidfds=cap)
+            t0 = time.perf_counter()
+            r.resolve(10003, 0, os.getpid())
+            first = (time.perf_counter() - t0) * 1e6
+            n = 20000
+            t0 = time.perf_counter()
+            for _ in range(n):
+                r.resolve(10003, 0, os.getpid())
+            hit = (time.perf_counter() - t0) / n * 1e6
+            r.close()
+            print(f"resolve  first {first:6.0f} µs        repeat caller {hit:5.2f} µs/call  ({label})")
 
 
 if __name__ == "__main__":
