@@ -46,6 +46,7 @@ class Parser:
         return PolicyError(self.filename, self.lines.line_of(path), _key(path), reason)
 
     def parse(self) -> tuple[dict[str, Agent], dict[str, dict[str, Any]]]:
+        _sections.discover()
         settings: dict[str, dict[str, Any]] = {}
         agents_data: Any = {}
         for name, value in self.data.items():

@@ -9,8 +9,14 @@ can fill in defaults, without the policy module knowing them all.
 
 from __future__ import annotations
 
+import importlib
+import logging
+import pkgutil
+import sys
 from dataclasses import dataclass
 from typing import Any, Callable
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -32,6 +38,29 @@ class Section:
 
 
 _SECTIONS: dict[str, Section] = {}
+_discovered = False
+
+
+def discover() -> None:
+    """Import every agentfs.core module once, so all sections are declared before a file is checked.
+
+    Otherwise `agentfs policy check` (which imports little) could call a key
+    unknown that the daemon (which imports everything) accepts.
+    """
+    global _discovered
+    if _discovered:
+        return
+    _discovered = True
+    import agentfs.core as pkg
+
+    for info in pkgutil.iter_modules(pkg.__path__):
+        name = f"agentfs.core.{info.name}"
+        if name in sys.modules:
+            continue
+        try:
+            importlib.import_module(name)
+        except Exception as e:  # noqa: BLE001 - one broken module must not stop validation
+            log.warning("cannot import %s to learn its policy sections: %s", name, e)
 
 
 def register_section(name: str, fields: dict[str, FieldSpec], *, agent_section: bool = False) -> None:
