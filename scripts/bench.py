@@ -1,0 +1,246 @@
+#!/usr/bin/env python3
+"""agentfs benchmark: native directory vs bare mount vs governed mount, in one run.
+
+Every workload runs on each target in turn, repeat after repeat (so slow
+drifts of the machine hit all targets alike), and the table shows seconds and
+the ratios governed/native, bare/native and governed/bare. `--json FILE`
+writes the same with the machine, commit and date so a release can be
+compared with the last one. Timings are figures, never pass/fail.
+
+    sudo /opt/agentfs/venv/bin/python scripts/bench.py [--quick] [--repeat 3]
+        [--only seq_read,tar_x] [--policy FILE] [--variant NAME=POLICYFILE]
+        [--mount-arg TARGET=ARG] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import logging
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import bench_targets as targets  # noqa: E402
+import bench_workloads as wl  # noqa: E402
+
+log = logging.getLogger("bench")
+REPO = Path(__file__).resolve().parent.parent
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="small sizes (64 MiB, 1,000 files): a smoke run")
+    ap.add_argument("--repeat", type=int, default=3, help="repeats of each workload on each target (default 3)")
+    ap.add_argument("--stat", choices=("median", "best"), default="median", help="which repeat the table shows")
+    ap.add_argument("--only", action="append", default=[], metavar="WORKLOAD[,WORKLOAD]",
+                    help=f"run only these workloads (repeatable): {', '.join(wl.by_name())}")
+    ap.add_argument("--targets", default="native,bare,governed",
+                    help="comma list among native, bare, governed (variants are always added)")
+    ap.add_argument("--policy", type=Path, help="policy file for the governed mount (default: one open rule)")
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME=POLICYFILE",
+                    help="another governed mount with this policy (repeatable); shown against governed")
+    ap.add_argument("--mount-arg", action="append", default=[], metavar="TARGET=ARG",
+                    help="extra `agentfs mount` argument for a mount target (repeatable)")
+    ap.add_argument("--dir", type=Path, help="base directory (default: a new one in /var/tmp); "
+                                             "native and workspaces share its filesystem")
+    ap.add_argument("--keep", action="store_true", help="keep the base directory afterwards")
+    ap.add_argument("--json", type=Path, metavar="FILE", help="also write the results as JSON")
+    ap.add_argument("-v", "--verbose", action="store_true")
+    return ap.parse_args(argv)
+
+
+def build_targets(a: argparse.Namespace, base: Path) -> list[targets.Target]:
+    wanted = [t.strip() for t in a.targets.split(",") if t.strip()]
+    unknown = set(wanted) - {"native", "bare", "governed"}
+    if unknown:
+        raise SystemExit(f"unknown target(s) {', '.join(sorted(unknown))}: use native, bare, governed")
+    extra: dict[str, list[str]] = {}
+    for item in a.mount_arg:
+        name, _, arg = item.partition("=")
+        extra.setdefault(name, []).append(arg)
+    out: list[targets.Target] = []
+    if "native" in wanted:
+        out.append(targets.native(base))
+    if "bare" in wanted:
+        out.append(targets.mount_target(base, "bare", mount_args=["--bare", *extra.get("bare", [])]))
+    if "governed" in wanted:
+        policy = a.policy.read_text() if a.policy else targets.OPEN_POLICY
+        out.append(targets.mount_target(base, "governed", policy, extra.get("governed", [])))
+    for item in a.variant:
+        name, sep, path = item.partition("=")
+        if not sep or not name or name in {"native", "bare", "governed"}:
+            raise SystemExit(f"--variant {item!r}: write NAME=POLICYFILE with a new NAME")
+        out.append(targets.mount_target(base, name, Path(path).read_text(), extra.get(name, [])))
+    return out
+
+
+def selected(a: argparse.Namespace) -> list[wl.Workload]:
+    names = [n.strip() for item in a.only for n in item.split(",") if n.strip()]
+    known = wl.by_name()
+    bad = [n for n in names if n not in known]
+    if bad:
+        raise SystemExit(f"unknown workload(s) {', '.join(bad)}: choose among {', '.join(known)}")
+    return [w for w in wl.WORKLOADS if not names or w.name in names]
+
+
+def measure(ctx: wl.Ctx, works: list[wl.Workload], tgts: list[targets.Target], repeat: int
+            ) -> dict[str, dict[str, dict]]:
+    """Per workload and target: every repeat's seconds and the details the workload reported."""
+    res: dict[str, dict[str, dict]] = {}
+    for w in works:
+        res[w.name] = {t.name: {"runs": [], "details": []} for t in tgts}
+        for rep in range(repeat):
+            for t in tgts:
+                d = t.root / "bench"
+                d.mkdir(exist_ok=True)
+                setup_info = w.setup(ctx, d) if w.setup else None
+                t0 = time.perf_counter()
+                info = w.run(ctx, d)
+                dt = time.perf_counter() - t0
+                r = res[w.name][t.name]
+                r["runs"].append(dt)
+                r["details"].append({**(setup_info or {}), **(info or {})})
+                log.info("%-12s %-10s repeat %d: %.3f s", w.name, t.name, rep + 1, dt)
+    return res
+
+
+def ratio_pairs(names: list[str]) -> list[tuple[str, str]]:
+    """Which ratios to show: each mount against native, governed against bare, variants against governed."""
+    pairs = []
+    mounts = [n for n in names if n != "native"]
+    if "native" in names:
+        pairs += [(m, "native") for m in mounts]
+    if "governed" in names and "bare" in names:
+        pairs.append(("governed", "bare"))
+    if "governed" in names:
+        pairs += [(m, "governed") for m in mounts if m not in ("bare", "governed")]
+    return pairs
+
+
+def summarise(works: list[wl.Workload], raw: dict, names: list[str], stat: str) -> dict:
+    pick = statistics.median if stat == "median" else min
+    out = {}
+    for w in works:
+        secs = {n: pick(raw[w.name][n]["runs"]) for n in names}
+        ratios = {f"{a}/{b}": secs[a] / secs[b] for a, b in ratio_pairs(names) if secs[b] > 0}
+        entry = {"what": w.what, "goal_governed_over_native": w.goal, "seconds": secs, "ratios": ratios,
+                 "runs": {n: raw[w.name][n]["runs"] for n in names},
+                 "details": {n: raw[w.name][n]["details"][-1] for n in names}}
+        g = ratios.get("governed/native")
+        if w.goal is not None and g is not None:
+            entry["goal_met"] = g <= w.goal
+        out[w.name] = entry
+    return out
+
+
+def table(summary: dict, names: list[str], stat: str) -> str:
+    pairs = [f"{a}/{b}" for a, b in ratio_pairs(names)]
+    head = ["workload"] + [f"{n} s" for n in names] + pairs + ["goal"]
+    rows = [head]
+    for name, e in summary.items():
+        goal = ""
+        if e["goal_governed_over_native"] is not None:
+            goal = f"<= {e['goal_governed_over_native']:g}x"
+            if "goal_met" in e:
+                goal += " ok" if e["goal_met"] else " MISSED"
+        rows.append([name] + [f"{e['seconds'][n]:.3f}" for n in names]
+                    + [f"{e['ratios'][p]:.2f}x" if p in e["ratios"] else "-" for p in pairs] + [goal])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    lines = ["  ".join(c.ljust(widths[i]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(r))
+             for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines) + f"\n({stat} of the repeats; ratios are time / time, lower is better)"
+
+
+def machine() -> dict:
+    def first(path: str, key: str) -> str | None:
+        try:
+            for line in Path(path).read_text().splitlines():
+                if line.startswith(key):
+                    return line.split(":", 1)[1].strip()
+        except OSError:
+            pass
+        return None
+
+    try:
+        import pyfuse3
+        pyfuse3_version = pyfuse3.__version__
+    except ImportError:
+        pyfuse3_version = None
+    return {"hostname": platform.node(), "kernel": platform.release(), "cpu": first("/proc/cpuinfo", "model name"),
+            "cpus": os.cpu_count(), "mem_total": first("/proc/meminfo", "MemTotal"),
+            "python": platform.python_version(), "pyfuse3": pyfuse3_version, "loadavg": os.getloadavg()}
+
+
+def fs_of(path: Path) -> str:
+    best, fstype = "", "?"
+    for line in Path("/proc/self/mounts").read_text().splitlines():
+        f = line.split(" ")
+        if str(path).startswith(f[1]) and len(f[1]) >= len(best):
+            best, fstype = f[1], f"{f[2]} ({f[0]} on {f[1]})"
+    return fstype
+
+
+def git_info() -> dict:
+    def git(*args: str) -> str | None:
+        r = subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True)
+        return r.stdout.strip() if r.returncode == 0 else None
+
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": git("rev-parse", "HEAD"), "describe": git("describe", "--always", "--dirty"),
+            "dirty": bool(status) if status is not None else None}
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
+    logging.basicConfig(level=logging.INFO if a.verbose else logging.WARNING, format="%(message)s",
+                        stream=sys.stderr)
+    works = selected(a)
+    if a.repeat < 1:
+        raise SystemExit("--repeat must be at least 1")
+    if os.geteuid() != 0:
+        raise SystemExit("bench.py must run as root: `agentfs mount` needs it, and so does dropping the page cache")
+    base = a.dir or Path(tempfile.mkdtemp(prefix="agentfs-bench-", dir="/var/tmp"))
+    base.mkdir(parents=True, exist_ok=True)
+    os.chmod(base, 0o755)
+    tgts = build_targets(a, base)
+    names = [t.name for t in tgts]
+    ctx = wl.Ctx(wl.Sizes.for_mode(a.quick), base / "cache", wl.can_drop_caches())
+    started = datetime.datetime.now(datetime.timezone.utc)
+    t_start = time.monotonic()
+    load_start = os.getloadavg()
+    try:
+        wl.make_tarballs(ctx)
+        for t in tgts:
+            targets.start(t)
+        raw = measure(ctx, works, tgts, a.repeat)
+    finally:
+        for t in tgts:
+            targets.stop(t)
+        if not a.keep:
+            targets.remove_base(base)
+    summary = summarise(works, raw, names, a.stat)
+    print(table(summary, names, a.stat))
+    if not ctx.can_drop_caches and any(w.name == "seq_read" for w in works):
+        print("note: the page cache could not be dropped: seq_read read warm caches")
+    if a.json:
+        doc = {"schema": 1, "date": started.isoformat(timespec="seconds"),
+               "elapsed_s": round(time.monotonic() - t_start, 1), "git": git_info(), "machine": machine(),
+               "filesystem": fs_of(base), "sizes": wl.sizes_doc(ctx.sizes), "repeat": a.repeat, "stat": a.stat,
+               "drop_caches": ctx.can_drop_caches, "targets": [t.describe() for t in tgts],
+               "loadavg_at_start": load_start, "workloads": summary}
+        a.json.write_text(json.dumps(doc, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""Where the benchmark runs: a native directory and agentfs mounts beside it.
+
+Every target lives under one base directory, so the native directory and the
+workspaces' data trees are on the same filesystem and the ratios measure
+agentfs, not a difference of disks. Mounts are made and removed with the
+real `agentfs mount` / `agentfs umount`, as an operator would.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+OPEN_POLICY = """\
+[workspace]
+default_agent = "anyone"
+
+[agents.anyone]
+rules = [{ path = "/**", allow = "rwcdl" }]
+"""
+
+AGENTFS = str(Path(sys.executable).with_name("agentfs"))
+
+
+@dataclass
+class Target:
+    """One place the workloads run in; `root` is where they write."""
+
+    name: str
+    kind: str  # "native" | "mount"
+    root: Path
+    policy_text: str | None = None
+    mount_args: list[str] = field(default_factory=list)
+    workspace: Path | None = None
+    pid: int | None = None
+
+    def describe(self) -> dict[str, object]:
+        return {"name": self.name, "kind": self.kind, "mount_args": self.mount_args,
+                "policy_lines": None if self.policy_text is None else len(self.policy_text.splitlines())}
+
+
+def native(base: Path) -> Target:
+    return Target("native", "native", base / "native")
+
+
+def mount_target(base: Path, name: str, policy_text: str = OPEN_POLICY, mount_args: list[str] | None = None
+                 ) -> Target:
+    return Target(name, "mount", base / f"mnt-{name}", policy_text, list(mount_args or []), base / f"ws-{name}")
+
+
+def start(t: Target) -> None:
+    """Make the directory, or the workspace and its mount; returns once it answers."""
+    if t.kind == "native":
+        t.root.mkdir(parents=True, exist_ok=True)
+        os.chmod(t.root, 0o777)
+        return
+    from agentfs.workspace import init_workspace
+
+    assert t.workspace is not None and t.policy_text is not None
+    init_workspace(t.workspace, t.policy_text)
+    t.root.mkdir(parents=True, exist_ok=True)
+    r = subprocess.run([AGENTFS, "mount", *t.mount_args, str(t.workspace), str(t.root)],
+                       capture_output=True, text=True, timeout=60)
+    if r.returncode != 0:
+        raise RuntimeError(f"mount of {t.name} failed: {(r.stderr or r.stdout).strip()}")
+    pids = re.findall(r"\d+", r.stdout)
+    t.pid = int(pids[-1]) if pids else None
+    os.stat(t.root)
+
+
+def stop(t: Target) -> None:
+    """Unmount (lazily if busy) and wait for the daemon to exit; never raises."""
+    if t.kind != "mount" or t.pid is None:
+        return
+    r = subprocess.run([AGENTFS, "umount", str(t.root)], capture_output=True, text=True, timeout=120)
+    if r.returncode != 0:
+        subprocess.run(["fusermount3", "-u", "-z", str(t.root)], capture_output=True)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            os.kill(t.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(t.pid, signal.SIGKILL)
+    t.pid = None
+
+
+def remove_base(base: Path) -> None:
+    """Delete the benchmark's files, refusing while any mount under it is still live."""
+    live = [line.split(" ")[1] for line in Path("/proc/self/mounts").read_text().splitlines()
+            if line.split(" ")[1].startswith(str(base))]
+    if live:
+        raise RuntimeError(f"not removing {base}: still mounted: {', '.join(live)}")
+    shutil.rmtree(base, ignore_errors=True)
