@@ -168,11 +168,39 @@ async def test_acquire_waits_then_succeeds(lm):
     assert lm.queued() == []
 
 
-async def test_acquire_waits_then_fails_and_leaves_no_intent(lm):
-    await lm.acquire("alice", "/f", EX)
+async def test_failed_request_keeps_its_place_for_a_prompt_retry(lm, monkeypatch):
+    """A client retrying on EAGAIN (wait=0 each time) is not overtaken by later requests."""
+    from agentfs.core import locks as locks_mod
+    monkeypatch.setattr(locks_mod, "INTENT_GRACE_NS", 300_000_000)
+    await lm.acquire("alice", "/f", SH)
     with pytest.raises(LockConflict):
-        await lm.acquire("bob", "/f", SH, wait=0.1)
+        await lm.acquire("bob", "/f", EX, wait=0.05)
+    assert [q.agent for q in lm.queued()] == ["bob"]
+    with pytest.raises(LockConflict):
+        await lm.acquire("dave", "/f", EX)  # a try-lock (wait=0) does not queue
+    assert [q.agent for q in lm.queued()] == ["bob"]
+    with pytest.raises(LockConflict) as info:
+        await lm.acquire("carol", "/f", SH)
+    assert info.value.lock.agent == "bob" and info.value.lock.token == 0
+    with pytest.raises(LockConflict):
+        await lm.acquire("bob", "/f", EX)  # the retry takes over its own intent
+    assert [q.agent for q in lm.queued()] == ["bob"]
+    await lm.release("alice", "/f")
+    assert (await lm.acquire("bob", "/f", EX)).agent == "bob"
     assert lm.queued() == []
+
+
+async def test_abandoned_intent_expires(lm, monkeypatch):
+    from agentfs.core import locks as locks_mod
+    monkeypatch.setattr(locks_mod, "INTENT_GRACE_NS", 100_000_000)
+    await lm.acquire("alice", "/f", SH)
+    with pytest.raises(LockConflict):
+        await lm.acquire("bob", "/f", EX, wait=0.05)
+    with pytest.raises(LockConflict):
+        await lm.acquire("carol", "/f", SH)
+    await until(lambda: lm.queued() == [])
+    await lm.acquire("carol", "/f", SH)
+    assert await lm.expire() == []
 
 
 async def test_cancelled_waiter_leaves_no_intent(lm):

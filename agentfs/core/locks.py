@@ -20,9 +20,11 @@ while with several shared holders nobody may.
 Fairness: a request that has to wait leaves an *intent* row in the table;
 a later request of another agent whose mode is incompatible with an earlier
 intent on an overlapping path waits behind it. Because intents live in the
-database, this queue holds across daemons too; an intent lasts only as long
-as its request waits, so a crashed waiter cannot block anyone for longer
-than its own wait time.
+database, this queue holds across daemons too. An intent lasts as long as
+its request waits plus about a second, during which a retry by the same
+agent (the CLI retrying on EAGAIN) takes it over and keeps its place; so
+a crashed or departed waiter blocks nobody for long, and intents never stop
+file access, only other lock requests.
 """
 
 from __future__ import annotations
@@ -59,8 +61,9 @@ log = logging.getLogger(__name__)
 SAFETY_RECHECK_SECONDS = 0.5
 # How often waiters re-check a lock another daemon may have released.
 POLL_SECONDS = 0.02
-# An intent outlives its request's deadline by this much, so a waiter that
-# is between two attempts is never mistaken for a dead one.
+# An intent outlives its request's deadline by this much, so that a client
+# retrying on EAGAIN keeps its place in the queue, and a waiter between two
+# attempts is never mistaken for a dead one.
 INTENT_GRACE_NS = 1_000_000_000
 DEFAULT_TTL = 300.0
 DEFAULT_WAIT = 5.0
@@ -127,15 +130,16 @@ def _request_blocker(locks: Iterable[Lock], intents: Iterable[_Intent], agent: s
     """What stops `agent` taking `mode` on `path`: a lock, or an earlier incompatible intent.
 
     Shared by the snapshot pre-check and the transaction, so that both
-    decide alike. An agent already holding the path renews or changes mode
-    without queueing behind intents: it is ahead of them by definition.
+    decide alike. An agent already holding a lock on or above or below the
+    path does not queue behind intents: whoever waits there waits for it
+    anyway, and making it queue would only make both time out.
     """
     holding = False
     for lock in locks:
         if not lock.alive_at(now_ns) or not overlaps(lock.path, path):
             continue
         if lock.agent == agent:
-            holding = holding or lock.path == path
+            holding = True
             continue
         if modes_conflict(lock.mode, mode) and alive(lock):
             return lock
@@ -306,6 +310,9 @@ class LockManager:
                 assert blocker is not None
                 while True:
                     if trio.current_time() >= deadline:
+                        # The intent stays for INTENT_GRACE_NS: a prompt retry (agentfs lock
+                        # --wait, an agent's own EAGAIN loop) keeps its place in the queue.
+                        intent = None
                         raise LockConflict(blocker)
                     await self._wait_change(deadline)
                     snap = self._refresh()
@@ -328,12 +335,18 @@ class LockManager:
             locks = [lk for lk in locks if lk not in broken]
             intents = [] if force else [
                 _Intent(i, p, a, LockMode(m), e) for i, p, a, m, e in table.intents(conn)]
+            if intent is None:  # a retry of an earlier request takes over its place in the queue
+                intent = next((i.id for i in intents if i.agent == agent and i.path == path
+                               and i.mode is mode and i.expires_ns > now), None)
             blocker = _request_blocker(locks, intents, agent, path, mode, intent, now,
                                        lambda lk: lk.session_id not in dead)
             if blocker is not None:
-                if intent is None and remaining > 0:
-                    intent = table.add_intent(conn, path, agent, mode.value,
-                                              now + int(remaining * 1e9) + INTENT_GRACE_NS)
+                expires = now + int(remaining * 1e9) + INTENT_GRACE_NS
+                if intent is not None:
+                    table.extend_intent(conn, intent, expires)
+                    table.bump_generation(conn)
+                elif remaining > 0:  # a try-lock (wait=0) leaves no trace
+                    intent = table.add_intent(conn, path, agent, mode.value, expires)
                     table.bump_generation(conn)
                 return None, blocker, intent
             for lk in broken:

@@ -156,6 +156,11 @@ def add_intent(conn: sqlite3.Connection, path: str, agent: str, mode: str, expir
     return int(cur.lastrowid)
 
 
+def extend_intent(conn: sqlite3.Connection, intent_id: int, expires_ns: int) -> None:
+    conn.execute("UPDATE lock_intents SET expires_ns = max(expires_ns, ?) WHERE id = ?",
+                 (expires_ns, intent_id))
+
+
 def delete_intent(conn: sqlite3.Connection, intent_id: int) -> None:
     conn.execute("DELETE FROM lock_intents WHERE id = ?", (intent_id,))
 
