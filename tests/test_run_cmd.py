@@ -76,7 +76,7 @@ def test_policy_check_ok_and_error(ws: Workspace) -> None:
 def test_policy_explain(ws: Workspace) -> None:
     r = run([AGENTFS, "policy", "explain", str(ws.root), "--agent", "writer", "/drafts/secret/plan.md"])
     assert "line 7" in r.stdout and "line 8" in r.stdout
-    assert r.stdout.strip().endswith("writer on /drafts/secret/plan.md: - (invisible (ENOENT))")
+    assert r.stdout.strip().endswith("writer on /drafts/secret/plan.md: rights -, invisible (ENOENT)")
     j = json.loads(run([AGENTFS, "policy", "explain", "-w", str(ws.root), "--agent", "writer",
                         "/drafts/a.md/", "--json"]).stdout)
     assert j["path"] == "/drafts/a.md" and j["rights"] == "rwcdl" and j["visible"] is True

@@ -67,7 +67,7 @@ def explain_cmd(workspace_opt: str | None, agent: str, as_json: bool, args: tupl
     if len(entries) == 1 and result["known_agent"]:
         click.echo("  no rule matches (default deny)")
     seen = "visible" if result["visible"] else "invisible (ENOENT)"
-    click.echo(f"{agent} on {path}: {result['rights']} ({seen})")
+    click.echo(f"{agent} on {path}: rights {result['rights']}, {seen}")
 
 
 COMMANDS = [policy_group]
