@@ -299,3 +299,44 @@ def test_coalesce_ranges_covers_exactly_the_written_bytes(writes):
     assert {b for s, e in out for b in range(s, e)} == covered
     assert all(s < e for s, e in out)
     assert all(a[1] < b[0] for a, b in zip(out, out[1:]))  # sorted, disjoint, not touching
+
+
+async def test_record_durable_journals_then_commits_and_cleans_up(ws):
+    async with running(ws) as log:
+        await log.open_write_durable(5, ev("open-w", "/j.bin"))
+        await log.record_durable(ev("unlink", "/old"))
+        journal = log._journal
+        assert journal is not None and journal.path.exists() and journal.size > 0
+        await log.flush()
+        mark = raw(ws).execute("SELECT value FROM audit_meta WHERE key = ?",
+                               ("journal:" + journal.key,)).fetchone()
+        assert mark == ("2",)
+        assert raw(ws).execute("SELECT handle_id FROM audit_inflight").fetchall() == [(5,)]
+    assert not journal.path.exists()  # a clean shutdown leaves no journal
+    assert [r["op"] for r in iter_records(ws)] == ["open-w", "unlink"]
+
+
+async def test_record_durable_with_power_durability_waits_for_the_commit(ws):
+    async with running(ws, {"audit": {"durability": "power"}}) as log:
+        await log.record_durable(ev("unlink", "/x"))
+        assert raw(ws).execute("SELECT COUNT(*) FROM audit_log").fetchone() == (1,)
+        assert log._journal.size == 0
+
+
+async def test_acknowledged_records_are_retried_after_a_failed_commit(ws, monkeypatch):
+    real = store.append
+    calls = {"n": 0}
+
+    def flaky(*a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise OSError("database is locked")
+        return real(*a, **kw)
+
+    monkeypatch.setattr(store, "append", flaky)
+    async with running(ws) as log:
+        await log.record_durable(ev("unlink", "/acked"))
+        log.record_nowait(ev("unlink", "/denied", result="EACCES"))
+        await log.flush()
+        await log.flush()
+    assert [r["path"] for r in iter_records(ws)] == ["/acked", "/denied"]

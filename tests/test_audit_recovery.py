@@ -84,3 +84,50 @@ async def test_handles_of_a_live_daemon_are_left_alone(ws):
     async with running(ws, daemon_id="alive"):
         pass
     assert len(list(iter_records(ws, op="write-interrupted"))) == 1
+
+
+# A daemon that journals records and is killed before its writer can commit them.
+_JOURNALING_CHILD = r"""
+import sys, trio
+from agentfs.core import audit as A
+from agentfs.workspace import Workspace
+
+async def main():
+    ws = Workspace.open(sys.argv[1])
+    log = A.AuditLog(ws, lambda: {}, "journaling")
+    async with trio.open_nursery() as n:
+        await n.start(log.run)
+        def stuck(items):  # the commit never happens, as if the daemon died right after the syscall
+            import time; time.sleep(3600)
+        log._commit_sync = stuck
+        await log.open_write_durable(9, A.AuditEvent("open-w", "fast", 1000, 7, "/fast.bin"))
+        for i in range(3):
+            await log.record_durable(A.AuditEvent("create", "fast", 1000, 7, f"/made-{i}"))
+        print("acked", flush=True)
+        await trio.sleep_forever()
+
+trio.run(main)
+"""
+
+
+async def test_journaled_records_acknowledged_before_their_commit_survive_sigkill(ws):
+    p = subprocess.Popen([sys.executable, "-c", _JOURNALING_CHILD, str(ws.root)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        r, _, _ = select.select([p.stdout], [], [], 20)
+        assert r and p.stdout.readline() == "acked\n", p.stderr.read() if p.poll() is not None else ""
+    finally:
+        _kill(p)
+    assert list(iter_records(ws)) == []  # nothing was committed...
+    async with running(ws, daemon_id="next"):
+        pass
+    rows = list(iter_records(ws))  # ...but everything acknowledged is in the log now
+    assert [(r["op"], r["path"]) for r in rows] == [
+        ("open-w", "/fast.bin"), ("create", "/made-0"), ("create", "/made-1"), ("create", "/made-2"),
+        ("write-interrupted", "/fast.bin")]
+    assert rows[-1]["details"]["open_seq"] == rows[0]["seq"] and rows[-1]["details"]["handle"] == 9
+    assert not list(ws.run_path.glob("audit-journal.*"))
+    assert verify(ws).ok
+    async with running(ws, daemon_id="again"):
+        pass
+    assert len(list(iter_records(ws))) == 5  # replayed once only

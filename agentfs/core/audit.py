@@ -19,21 +19,20 @@ starts finds handles of dead daemons and records them "write-interrupted".
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import logging
 import os
 import sqlite3
 import time
-from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable
 
 import trio
 
-from agentfs.core import audit_archive
+from agentfs.core import audit_archive, audit_journal
 from agentfs.core.audit_chain import GENESIS, VerifyResult, check_pin, head, record_hash, verify
 from agentfs.core.audit_content import ContentHasher, coalesce_ranges
+from agentfs.core.audit_query import iter_records
 from agentfs.core.audit_settings import AuditSettings, parse
 from agentfs.core.runaway import Alert, RunawayDetector
 from agentfs.store import audit_log as store
@@ -41,6 +40,7 @@ from agentfs.store import db
 from agentfs.workspace import Workspace
 
 __all__ = ["AuditEvent", "AuditLog", "AuditError", "ContentHasher", "VerifyResult", "coalesce_ranges",
+           "proc_start_time",
            "iter_records", "verify", "head", "check_pin", "GENESIS", "OP_WRITE", "OP_OPEN_W",
            "OP_INTERRUPTED", "OP_RUNAWAY"]
 
@@ -76,6 +76,8 @@ class _Item:
     rec: store.NewRecord
     handle_add: int | None = None
     handle_del: int | None = None
+    waited: bool = False        # someone awaits its seq (else it is retried after a failed commit)
+    jn: int | None = None       # its entry number in this daemon's journal
 
 
 class _Batch:
@@ -138,6 +140,9 @@ class AuditLog:
         self._since_retention = 0
         self._last_retention = 0.0
         self._alert_caller = (-1, 0)
+        self._journal: audit_journal.Journal | None = None
+        self._jn = 0
+        self._failures = 0
         self.runaways = RunawayDetector(self.settings, self._on_alert)
 
     # --- settings -----------------------------------------------------------------
@@ -173,7 +178,7 @@ class AuditLog:
 
     async def record(self, ev: AuditEvent) -> int:
         """Append `ev`; returns its seq once committed (durable as configured)."""
-        return await self._wait(*self._enqueue(_Item(_new_record(ev))))
+        return await self._wait(*self._enqueue(_Item(_new_record(ev), waited=True)))
 
     def record_nowait(self, ev: AuditEvent) -> None:
         """Append `ev` with the next group commit, without waiting (denials, reads, releases)."""
@@ -181,7 +186,36 @@ class AuditLog:
 
     async def open_write(self, handle_id: int, ev: AuditEvent) -> int:
         """Durably record "open-w" and remember `handle_id` as in flight for this daemon."""
-        return await self._wait(*self._enqueue(_Item(_new_record(ev, OP_OPEN_W), handle_add=handle_id)))
+        return await self._wait(*self._enqueue(_Item(_new_record(ev, OP_OPEN_W), handle_add=handle_id,
+                                                     waited=True)))
+
+    async def record_durable(self, ev: AuditEvent) -> None:
+        """Return once `ev` is as durable as `[audit] durability` asks, without waiting for its seq.
+
+        The fast path for acknowledging a syscall: with "process" durability
+        the record is journaled with one write() (a few µs, on this thread)
+        and committed with the next group; with "power" it waits for the
+        fsynced commit like `record`.
+        """
+        await self._durable(_Item(_new_record(ev)))
+
+    async def open_write_durable(self, handle_id: int, ev: AuditEvent) -> None:
+        """`open_write` on the fast path of `record_durable`."""
+        await self._durable(_Item(_new_record(ev, OP_OPEN_W), handle_add=handle_id))
+
+    async def _durable(self, item: _Item) -> None:
+        if self._journal is None or self.settings().durability == "power":
+            item.waited = True
+            await self._wait(*self._enqueue(item))
+            return
+        self._jn += 1
+        item.jn = self._jn
+        try:
+            self._journal.append(audit_journal.Entry(self._jn, item.rec, self.daemon_id,
+                                                     item.handle_add, item.handle_del))
+        except OSError as e:
+            raise AuditError(f"cannot journal the audit record: {e}") from e
+        self._enqueue(item)
 
     def close_write(self, handle_id: int, ev: AuditEvent, writes: int, nbytes: int,
                     ranges: Iterable[tuple[int, int]], size: int, content_hash: str | None) -> None:
@@ -214,6 +248,11 @@ class AuditLog:
         self._conn = await trio.to_thread.run_sync(db.connect, self.ws)
         self._running = True
         try:
+            n = await trio.to_thread.run_sync(self._replay_journals_sync)
+            if n:
+                log.warning("audit: %d journaled record(s) of dead daemons committed", n)
+            self._journal = await trio.to_thread.run_sync(audit_journal.Journal, self.ws, self._pid,
+                                                          self._start)
             n = await trio.to_thread.run_sync(self._recover_sync)
             if n:
                 log.warning("audit: %d write handle(s) of dead daemons recorded as interrupted", n)
@@ -224,10 +263,17 @@ class AuditLog:
                 await self._commit_next()
         finally:
             with trio.CancelScope(shield=True):
-                while self._batch.items:
+                while self._batch.items and self._failures < 5:
                     await self._commit_next()
                 self._running = False
+                journal, self._journal = self._journal, None
                 conn, self._conn = self._conn, None
+                if journal is not None:
+                    # Keep a journal with uncommitted entries for the next daemon to replay.
+                    committed = not self._batch.items
+                    journal.close(remove=committed)
+                    if committed and conn is not None:
+                        await trio.to_thread.run_sync(store.forget_journal, conn, journal.key)
                 if conn is not None:
                     conn.close()
                 self._stopped.set()
@@ -238,11 +284,25 @@ class AuditLog:
         if batch.items:
             try:
                 batch.seqs = await trio.to_thread.run_sync(self._commit_sync, batch.items)
+                self._failures = 0
             except Exception as e:  # noqa: BLE001 - every waiter must hear of it
+                self._failures += 1
                 log.error("audit: commit of %d record(s) failed: %s", len(batch.items), e)
                 batch.error = e
+                # Records nobody waits for were acknowledged (journaled, or
+                # fire-and-forget): they go into the next commit.
+                retry = [it for it in batch.items if not it.waited]
+                if retry:
+                    self._batch.items.extend(retry)
+                    self._wake.set()
+                    with trio.CancelScope(shield=True):
+                        await trio.sleep(min(1.0, 0.05 * 2 ** self._failures))
             self._since_retention += len(batch.items)
         batch.done.set()
+        j = self._journal
+        if (j is not None and j.size > audit_journal.RESET_BYTES
+                and not any(it.jn is not None for it in self._batch.items)):
+            j.reset()
         if (self._since_retention >= _RETENTION_EVERY_RECORDS
                 or time.monotonic() - self._last_retention > _RETENTION_EVERY_S):
             await self._retention()
@@ -257,8 +317,30 @@ class AuditLog:
         adds = [store.InflightAdd(i, self.daemon_id, it.handle_add, self._pid, self._start)
                 for i, it in enumerate(items) if it.handle_add is not None]
         dels = [(self.daemon_id, it.handle_del) for it in items if it.handle_del is not None]
-        out = store.append(conn, [it.rec for it in items], GENESIS, record_hash, adds, dels)
+        jmax = max((it.jn for it in items if it.jn is not None), default=None)
+        mark = (self._journal.key, jmax) if jmax is not None and self._journal is not None else None
+        out = store.append(conn, [it.rec for it in items], GENESIS, record_hash, adds, dels, mark)
         return [seq for seq, _h in out]
+
+    def _replay_journals_sync(self) -> int:
+        """Commit what dead daemons journaled but never committed, then delete their journals."""
+        conn = self._conn
+        assert conn is not None
+        total = 0
+        for pid, start, path in audit_journal.journals(self.ws):
+            if (pid, start) == (self._pid, self._start) or proc_start_time(pid) == start:
+                continue
+            entries = []
+            for e in audit_journal.read_entries(path):
+                add = (store.InflightAdd(0, e.daemon_id, e.handle_add, pid, start)
+                       if e.handle_add is not None else None)
+                dele = (e.daemon_id, e.handle_del) if e.handle_del is not None else None
+                entries.append((e.n, e.rec, add, dele))
+            key = audit_journal.key_of(pid, start)
+            total += store.replay_journal(conn, key, entries, GENESIS, record_hash)
+            path.unlink(missing_ok=True)
+            store.forget_journal(conn, key)
+        return total
 
     def _recover_sync(self) -> int:
         """Record every in-flight handle whose daemon is gone as interrupted, and clear it."""
@@ -308,113 +390,3 @@ class AuditLog:
             await self._stopped.wait()
         else:
             self._stopping = True
-
-
-# --- queries ----------------------------------------------------------------------
-
-def _ops(op: str | Iterable[str] | None) -> list[str] | None:
-    if op is None:
-        return None
-    if isinstance(op, str):
-        op = op.split(",")
-    out = [o.strip() for o in op if o.strip()]
-    return out or None
-
-
-def _is_glob(p: str) -> bool:
-    return any(c in p for c in "*?[")
-
-
-def _matches(row: dict[str, Any], agent: str | None, ops: list[str] | None, path_glob: str | None,
-             since_ns: int | None, until_ns: int | None) -> bool:
-    """The filters of `store.select`, in Python, for archived records."""
-    if agent is not None and row["agent"] != agent:
-        return False
-    if ops and row["op"] not in ops:
-        return False
-    if since_ns is not None and row["ts_ns"] < since_ns:
-        return False
-    if until_ns is not None and row["ts_ns"] > until_ns:
-        return False
-    if path_glob is not None:
-        paths = [p for p in (row["path"], row["new_path"]) if p is not None]
-        if _is_glob(path_glob):
-            return any(fnmatch.fnmatchcase(p, path_glob) for p in paths)
-        base = path_glob.rstrip("/") or "/"
-        return any(p == path_glob or p == base or p.startswith(base.rstrip("/") + "/") for p in paths)
-    return True
-
-
-def _public(row: dict[str, Any]) -> dict[str, Any]:
-    out = dict(row)
-    d = out.get("details")
-    out["details"] = json.loads(d) if isinstance(d, str) else d
-    return out
-
-
-def iter_records(ws: Workspace, since_seq: int = 0, *, agent: str | None = None,
-                 path_glob: str | None = None, op: str | Iterable[str] | None = None,
-                 since_ns: int | None = None, until_ns: int | None = None,
-                 limit: int | None = None, newest: bool = False,
-                 conn: sqlite3.Connection | None = None) -> Iterator[dict[str, Any]]:
-    """Records with seq > since_seq matching every filter given, oldest first.
-
-    This is both the query and the change feed (follow it by passing the last
-    seq seen). `path_glob` with * ? [ is a glob over the whole path (`*`
-    crosses "/"); without, it is a path and everything below it. A record
-    matches on its path or its new_path. `limit` keeps the first N matches,
-    or the last N with `newest=True`. Archived records are included.
-    `conn` reuses an open state connection (a follower polling often).
-    Yields dicts: seq, ts_ns, agent, uid, pid, op, path, new_path, result,
-    details (a dict or None), prev_hash, hash.
-    """
-    ops = _ops(op)
-    sql_glob = path_glob if path_glob is not None and _is_glob(path_glob) else None
-    sql_prefix = path_glob if path_glob is not None and not _is_glob(path_glob) else None
-    if sql_prefix is not None and sql_prefix.rstrip("/") == "":
-        sql_prefix = None
-    filt = dict(agent=agent, ops=ops, path_glob=sql_glob, path_prefix=sql_prefix,
-                since_ns=since_ns, until_ns=until_ns)
-    own = conn is None
-    if conn is None:
-        conn = db.connect(ws)
-    try:
-        archived = store.archived_meta(conn)
-        use_archive = archived is not None and since_seq < archived[0]
-        if newest and limit is not None:
-            rows = store.select(conn, since_seq, limit=limit, newest=True, **filt)
-            if len(rows) < limit and use_archive:
-                older: deque[dict[str, Any]] = deque(maxlen=limit - len(rows))
-                first_live = rows[0]["seq"] if rows else None
-                for row in audit_archive.iter_archived(ws, since_seq):
-                    if first_live is not None and row["seq"] >= first_live:
-                        break
-                    if _matches(row, agent, ops, path_glob, since_ns, until_ns):
-                        older.append(row)
-                rows = list(older) + rows
-            for row in rows:
-                yield _public(row)
-            return
-        left = limit if limit is not None else -1
-        after = since_seq
-        if use_archive:
-            for row in audit_archive.iter_archived(ws, since_seq):
-                after = row["seq"]
-                if left == 0:
-                    return
-                if _matches(row, agent, ops, path_glob, since_ns, until_ns):
-                    left -= 1
-                    yield _public(row)
-            after = max(after, archived[0])
-        while left != 0:
-            page = 1000 if left < 0 else min(left, 1000)
-            rows = store.select(conn, after, limit=page, **filt)
-            if not rows:
-                return
-            for row in rows:
-                left -= 1
-                yield _public(row)
-            after = rows[-1]["seq"]
-    finally:
-        if own:
-            conn.close()

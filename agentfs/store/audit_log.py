@@ -142,33 +142,82 @@ def _insert(conn: sqlite3.Connection, records: list[NewRecord], genesis: str,
     return out
 
 
+def _apply(conn: sqlite3.Connection, records: list[NewRecord], genesis: str, chain: ChainFn,
+           inflight_add: Iterable[InflightAdd], inflight_del: Iterable[tuple[str, int]],
+           journal_mark: tuple[str, int] | None) -> list[tuple[int, str]]:
+    out = _insert(conn, records, genesis, chain)
+    for a in inflight_add:
+        r = records[a.index]
+        conn.execute(
+            "INSERT OR REPLACE INTO audit_inflight (daemon_id, handle_id, daemon_pid, daemon_start,"
+            " open_seq, agent, uid, pid, path) VALUES (?,?,?,?,?,?,?,?,?)",
+            (a.daemon_id, a.handle_id, a.daemon_pid, a.daemon_start, out[a.index][0],
+             r.agent, r.uid, r.pid, enc_path(r.path)))
+    dels = list(inflight_del)
+    if dels:
+        conn.executemany("DELETE FROM audit_inflight WHERE daemon_id = ? AND handle_id = ?", dels)
+    if journal_mark is not None:
+        conn.execute("INSERT OR REPLACE INTO audit_meta (key, value) VALUES (?, ?)",
+                     ("journal:" + journal_mark[0], str(journal_mark[1])))
+    return out
+
+
 def append(conn: sqlite3.Connection, records: list[NewRecord], genesis: str, chain: ChainFn,
            inflight_add: Iterable[InflightAdd] = (),
-           inflight_del: Iterable[tuple[str, int]] = ()) -> list[tuple[int, str]]:
+           inflight_del: Iterable[tuple[str, int]] = (),
+           journal_mark: tuple[str, int] | None = None) -> list[tuple[int, str]]:
     """Append `records` as one transaction; returns their (seq, hash) in order.
 
     The in-flight changes ride in the same transaction, so an open-w record
-    and its in-flight row (or a write record and its removal) are atomic.
+    and its in-flight row (or a write record and its removal) are atomic;
+    so does `journal_mark` (journal key, last entry number now applied).
     """
     conn.execute("BEGIN IMMEDIATE")
     try:
-        out = _insert(conn, records, genesis, chain)
-        for a in inflight_add:
-            r = records[a.index]
-            conn.execute(
-                "INSERT OR REPLACE INTO audit_inflight (daemon_id, handle_id, daemon_pid, daemon_start,"
-                " open_seq, agent, uid, pid, path) VALUES (?,?,?,?,?,?,?,?,?)",
-                (a.daemon_id, a.handle_id, a.daemon_pid, a.daemon_start, out[a.index][0],
-                 r.agent, r.uid, r.pid, enc_path(r.path)))
-        dels = list(inflight_del)
-        if dels:
-            conn.executemany("DELETE FROM audit_inflight WHERE daemon_id = ? AND handle_id = ?", dels)
+        out = _apply(conn, records, genesis, chain, inflight_add, inflight_del, journal_mark)
         conn.execute("COMMIT")
         return out
     except BaseException:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
+
+
+def journal_applied(conn: sqlite3.Connection, key: str) -> int:
+    row = conn.execute("SELECT value FROM audit_meta WHERE key = ?", ("journal:" + key,)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def replay_journal(conn: sqlite3.Connection, key: str,
+                   entries: list[tuple[int, NewRecord, InflightAdd | None, tuple[str, int] | None]],
+                   genesis: str, chain: ChainFn) -> int:
+    """Append the entries of a dead daemon's journal that its writer never committed.
+
+    Entries are (n, record, in-flight add with index 0, in-flight removal).
+    One transaction reads how far the journal was applied and moves the
+    mark, so two daemons replaying the same journal append each entry once.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        done = journal_applied(conn, key)
+        todo = [e for e in entries if e[0] > done]
+        records = [e[1] for e in todo]
+        adds = [InflightAdd(i, a.daemon_id, a.handle_id, a.daemon_pid, a.daemon_start)
+                for i, (_n, _r, a, _d) in enumerate(todo) if a is not None]
+        dels = [d for (_n, _r, _a, d) in todo if d is not None]
+        if todo:
+            _apply(conn, records, genesis, chain, adds, dels, (key, todo[-1][0]))
+        conn.execute("COMMIT")
+        return len(todo)
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+def forget_journal(conn: sqlite3.Connection, key: str) -> None:
+    """Drop the applied-mark of a journal that no longer exists."""
+    conn.execute("DELETE FROM audit_meta WHERE key = ?", ("journal:" + key,))
 
 
 def recover_inflight(conn: sqlite3.Connection, is_dead: Callable[[dict[str, Any]], bool],
