@@ -30,6 +30,7 @@ NAME_MAX = 255
 # re-open of a descriptor it would refuse every file with ELOOP.
 _OPEN_DROP = os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_NOFOLLOW
 _AT_FDCWD = -100
+_SUID_SGID = stat_mod.S_ISUID | stat_mod.S_ISGID
 
 
 def handler(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
@@ -137,6 +138,8 @@ class Operations(pyfuse3.Operations):
         return ctx.uid, gid
 
     def _child_of(self, parent: int, name: bytes, ctx: pyfuse3.RequestContext) -> tuple[Inode, str, str, Caller]:
+        if self._virtual(parent):
+            raise pyfuse3.FUSEError(errno.EROFS)
         pnode = self.inodes.get(parent)
         nm = check_name(name)
         caller = self._caller(ctx)
@@ -149,13 +152,22 @@ class Operations(pyfuse3.Operations):
         return self.virtual is not None and self.virtual.owns(ino)
 
     async def _made(self, caller: Caller, op: str, pnode: Inode, nm: str, path: str,
-                    ctx: pyfuse3.RequestContext, details: dict[str, Any] | None = None
+                    ctx: pyfuse3.RequestContext, details: dict[str, Any] | None = None, mode: int = 0
                     ) -> tuple[Inode, os.stat_result]:
         """Give a new object its caller's owner, enter it in the table, record it."""
         pfd = self._fd(pnode)
         uid, gid = self._owner(pfd, ctx)
         os.chown(nm, uid, gid, dir_fd=pfd, follow_symlinks=False)
         st = os.stat(nm, dir_fd=pfd, follow_symlinks=False)
+        lost = stat_mod.S_IMODE(mode) & ~stat_mod.S_IMODE(st.st_mode)
+        if lost & _SUID_SGID and stat_mod.S_ISREG(st.st_mode):
+            # chown cleared setuid/setgid of a regular file; put back the mode the kernel vetted.
+            fd = os.open(nm, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
+            try:
+                os.chmod(proc_path(fd), stat_mod.S_IMODE(mode))
+                st = os.fstat(fd)
+            finally:
+                os.close(fd)
         node = self.inodes.remember(pnode.ino, nm, st)
         await self.gov.record(caller, op, path, details=details)
         return node, st
@@ -274,7 +286,7 @@ class Operations(pyfuse3.Operations):
         self.gov.require(caller, "mknod", path, "c")
         await self.gov.lock_wait(caller, path, Access.WRITE)
         os.mknod(nm, mode, rdev, dir_fd=self._fd(pnode))
-        node, st = await self._made(caller, "mknod", pnode, nm, path, ctx, {"mode": oct(mode)})
+        node, st = await self._made(caller, "mknod", pnode, nm, path, ctx, {"mode": oct(mode)}, mode)
         return self._entry(node, st, path)
 
     @handler
@@ -449,6 +461,8 @@ class Operations(pyfuse3.Operations):
             if created:
                 uid, gid = self._owner(pfd, ctx)
                 os.fchown(fd, uid, gid)
+                if mode & _SUID_SGID:  # chown cleared them; the kernel already vetted the mode
+                    os.fchmod(fd, stat_mod.S_IMODE(mode))
             st = os.fstat(fd)
             node = self.inodes.remember(parent, nm, st)
         except BaseException:
