@@ -135,6 +135,11 @@ def test_uniform(design: Policy) -> None:
     assert p.uniform("/")
     assert not p.uniform("/b/x")
     assert p.uniform("/elsewhere")                # nobody sees it: alike
+    q = Policy.from_text('[workspace]\ndefault_agent = "a"\n[agents.a]\nrules = [{ path = "/pub/**", allow = "r" }]\n'
+                         '[agents.b]\nrules = [{ path = "/pub/**", allow = "rw" }]\n')
+    assert not q.uniform("/pub/x") and q.same_view("/pub/x")     # rights differ, visibility alike
+    assert not design.same_view("/research/x")                     # nobody cannot see it
+    assert design.same_view("/")
 
 
 def test_explain(design: Policy) -> None:

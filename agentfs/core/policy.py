@@ -46,6 +46,7 @@ class Policy:
         self._rights = functools.lru_cache(maxsize=_CACHE_SIZE)(self._compute_rights)
         self._visible = functools.lru_cache(maxsize=_CACHE_SIZE)(self._compute_visible)
         self._uniform = functools.lru_cache(maxsize=_CACHE_SIZE)(self._compute_uniform)
+        self._same_view = functools.lru_cache(maxsize=_CACHE_SIZE)(self._compute_same_view)
 
     # -- loading ----------------------------------------------------------
 
@@ -154,6 +155,26 @@ class Policy:
                 self._groups.clear()
             self._groups[seg] = groups
         return groups
+
+    def same_view(self, path: str) -> bool:
+        """True if every agent sees `path` alike (visible to all, or to none); rights may differ.
+
+        Looser than uniform(): rights are enforced in every operation that
+        opens or changes, and those always reach the daemon, so the kernel's
+        shared caches can only leak *visibility* (a cached entry answering
+        lookup/stat for an agent that should get ENOENT).
+        """
+        return self._same_view(path)
+
+    def _compute_same_view(self, path: str) -> bool:
+        first: tuple[bool, bool] | None = None
+        for name in self._uniform_groups(_first_segment(path)):
+            seen = (self._visible(name, path, True), self._visible(name, path, False))
+            if first is None:
+                first = seen
+            elif seen != first:
+                return False
+        return True
 
     def _compute_uniform(self, path: str) -> bool:
         first: tuple[Rights, bool, bool] | None = None
