@@ -453,6 +453,15 @@ async def test_on_rename_over_own_locked_target_keeps_target_lock(lm):
     assert lm.list() == [target]
 
 
+async def test_on_exchange_swaps_locks(lm):
+    await lm.acquire("alice", "/a", EX)
+    await lm.acquire("alice", "/a/x", SH)
+    await lm.acquire("bob", "/b", SH)
+    lm.on_exchange("/a", "/b")
+    assert sorted((lk.path, lk.agent, lk.mode) for lk in lm.list()) == [
+        ("/a", "bob", SH), ("/b", "alice", EX), ("/b/x", "alice", SH)]
+
+
 async def test_on_delete_drops_locks_below(lm):
     await lm.acquire("alice", "/d", SH)
     await lm.acquire("alice", "/d/e", EX)

@@ -29,7 +29,6 @@ file access, only other lock requests.
 
 from __future__ import annotations
 
-import bisect
 import builtins
 import dataclasses
 import logging
@@ -37,17 +36,15 @@ import sqlite3
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import trio
 
 from agentfs.core.lock_format import (
     format_lock_xattr, format_locks_listing, parse_lock_xattr, parse_locks_listing,
 )
-from agentfs.core.lock_types import (
-    Access, Lock, LockConflict, LockMode, ancestors, forbids, modes_conflict, normalize, overlaps,
-)
+from agentfs.core.lock_snapshot import Intent, Snapshot, request_blocker
+from agentfs.core.lock_types import Access, Lock, LockConflict, LockMode, forbids, normalize
 from agentfs.store import db
 from agentfs.store import locks_table as table
 
@@ -79,81 +76,6 @@ def _row_from_lock(lock: Lock) -> table.LockRow:
             lock.acquired_ns, lock.expires_ns)
 
 
-@dataclass(frozen=True)
-class _Intent:
-    id: int
-    path: str
-    agent: str
-    mode: LockMode
-    expires_ns: int
-
-    def as_lock(self) -> Lock:
-        return Lock(self.path, self.mode, self.agent, None, 0, 0, self.expires_ns)
-
-
-class _Snapshot:
-    """An immutable in-memory copy of the lock table, indexed for ancestor and subtree lookups."""
-
-    def __init__(self, locks: Iterable[Lock] = (), intents: Iterable[_Intent] = ()):
-        self.locks = sorted(locks, key=lambda lk: (lk.path, lk.agent))
-        self.intents = sorted(intents, key=lambda i: i.id)
-        self.by_path: dict[str, list[Lock]] = {}
-        for lock in self.locks:
-            self.by_path.setdefault(lock.path, []).append(lock)
-        self.paths = sorted(self.by_path)
-
-    def covering(self, path: str) -> Iterator[Lock]:
-        """Locks on path and on each of its ancestors."""
-        by_path = self.by_path
-        for p in ancestors(path):
-            found = by_path.get(p)
-            if found:
-                yield from found
-
-    def below(self, path: str) -> Iterator[Lock]:
-        """Locks strictly below path."""
-        if path == "/":
-            for p in self.paths:
-                if p != "/":
-                    yield from self.by_path[p]
-            return
-        prefix = path + "/"
-        i = bisect.bisect_left(self.paths, prefix)
-        while i < len(self.paths) and self.paths[i].startswith(prefix):
-            yield from self.by_path[self.paths[i]]
-            i += 1
-
-
-def _request_blocker(locks: Iterable[Lock], intents: Iterable[_Intent], agent: str, path: str,
-                     mode: LockMode, my_intent: int | None, now_ns: int,
-                     alive: Callable[[Lock], bool]) -> Lock | None:
-    """What stops `agent` taking `mode` on `path`: a lock, or an earlier incompatible intent.
-
-    Shared by the snapshot pre-check and the transaction, so that both
-    decide alike. An agent already holding a lock on or above or below the
-    path does not queue behind intents: whoever waits there waits for it
-    anyway, and making it queue would only make both time out.
-    """
-    holding = False
-    for lock in locks:
-        if not lock.alive_at(now_ns) or not overlaps(lock.path, path):
-            continue
-        if lock.agent == agent:
-            holding = True
-            continue
-        if modes_conflict(lock.mode, mode) and alive(lock):
-            return lock
-    if holding:
-        return None
-    for intent in intents:
-        if my_intent is not None and intent.id >= my_intent:
-            break
-        if (intent.agent != agent and intent.expires_ns > now_ns
-                and modes_conflict(intent.mode, mode) and overlaps(intent.path, path)):
-            return intent.as_lock()
-    return None
-
-
 class LockManager:
     """The lock table of one workspace as seen by one daemon (or CLI process)."""
 
@@ -173,7 +95,7 @@ class LockManager:
         self._next_recheck = 0.0
         self._data_version: int | None = None
         self._generation: int | None = None
-        self._snap = _Snapshot()
+        self._snap = Snapshot()
         self._changed = trio.Event()
         self._refresh()
 
@@ -194,7 +116,7 @@ class LockManager:
         return float(self._settings().get("wait_seconds", DEFAULT_WAIT))
 
     # ---- snapshot -------------------------------------------------------
-    def _refresh(self) -> _Snapshot:
+    def _refresh(self) -> Snapshot:
         """Reload the snapshot if, and only if, the lock tables changed since the last look."""
         if self._beacon is not None:
             seen, now = self._beacon.read(), time.monotonic()
@@ -208,9 +130,9 @@ class LockManager:
         if table.generation(self._rconn) == self._generation:
             return self._snap
         gen, rows, intent_rows = table.load(self._rconn)
-        self._snap = _Snapshot(
+        self._snap = Snapshot(
             (_lock_from_row(r) for r in rows),
-            (_Intent(i, p, a, LockMode(m), e) for i, p, a, m, e in intent_rows))
+            (Intent(i, p, a, LockMode(m), e) for i, p, a, m, e in intent_rows))
         self._generation = gen
         return self._snap
 
@@ -226,7 +148,7 @@ class LockManager:
     def _alive(self, lock: Lock) -> bool:
         return lock.session_id is None or self._session_alive(lock.session_id)
 
-    def _dead_sessions(self, snap: _Snapshot) -> frozenset[int]:
+    def _dead_sessions(self, snap: Snapshot) -> frozenset[int]:
         """Sessions of the snapshot's locks that have ended, asked on the caller's (trio) thread.
 
         `session_alive` (the identity resolver) is not thread-safe, so worker
@@ -316,7 +238,7 @@ class LockManager:
                         raise LockConflict(blocker)
                     await self._wait_change(deadline)
                     snap = self._refresh()
-                    if _request_blocker(snap.locks, snap.intents, agent, path, mode, intent,
+                    if request_blocker(snap.locks, snap.intents, agent, path, mode, intent,
                                         time.time_ns(), self._alive) is None:
                         break
         finally:
@@ -334,11 +256,11 @@ class LockManager:
             broken = [lk for lk in locks if force and lk.path == path and lk.agent != agent]
             locks = [lk for lk in locks if lk not in broken]
             intents = [] if force else [
-                _Intent(i, p, a, LockMode(m), e) for i, p, a, m, e in table.intents(conn)]
+                Intent(i, p, a, LockMode(m), e) for i, p, a, m, e in table.intents(conn)]
             if intent is None:  # a retry of an earlier request takes over its place in the queue
                 intent = next((i.id for i in intents if i.agent == agent and i.path == path
                                and i.mode is mode and i.expires_ns > now), None)
-            blocker = _request_blocker(locks, intents, agent, path, mode, intent, now,
+            blocker = request_blocker(locks, intents, agent, path, mode, intent, now,
                                        lambda lk: lk.session_id not in dead)
             if blocker is not None:
                 expires = now + int(remaining * 1e9) + INTENT_GRACE_NS
@@ -472,6 +394,23 @@ class LockManager:
                 moved = dataclasses.replace(lock, path=new + lock.path[len(old):])
                 if not any(r[1] == lock.agent for r in table.locks_at(conn, moved.path)):
                     table.upsert_lock(conn, _row_from_lock(moved))
+            table.bump_generation(conn)
+        self._notify()
+
+    def on_exchange(self, a: str, b: str) -> None:
+        """Swap the locks of two paths (and their subtrees) after a RENAME_EXCHANGE."""
+        a, b = normalize(a), normalize(b)
+        snap = self._refresh()
+        if not any(p in snap.by_path or next(snap.below(p), None) is not None for p in (a, b)):
+            return
+        with self._write() as conn:
+            rows = {p: [_lock_from_row(r) for r in table.locks_under(conn, p)] for p in (a, b)}
+            for lock in rows[a] + rows[b]:
+                table.delete_lock(conn, lock.path, lock.agent)
+            for src, dst in ((a, b), (b, a)):
+                for lock in rows[src]:
+                    table.upsert_lock(conn, _row_from_lock(
+                        dataclasses.replace(lock, path=dst + lock.path[len(src):])))
             table.bump_generation(conn)
         self._notify()
 
