@@ -302,3 +302,33 @@ def test_pidfd_cap_is_respected(ws: Workspace, procs: list[subprocess.Popen]) ->
         assert r._pidfds == 0 and not r._seen
     finally:
         r.close()
+
+
+def test_resolver_is_thread_safe(ws: Workspace, procs: list[subprocess.Popen]) -> None:
+    """Threads resolving and tidying at once never share a pidfd wrongly nor lose one."""
+    r = IdentityResolver(PolicyHolder(ws.policy_path), ws, max_pidfds=8)
+    for _ in range(6):
+        procs.append(subprocess.Popen(["sleep", "60"]))
+    pids = [p.pid for p in procs]
+    errors: list[BaseException] = []
+
+    def work(i: int) -> None:
+        try:
+            for n in range(300):
+                assert r.resolve(2001, 0, pids[(i + n) % len(pids)]).agent == "researcher"
+                if n % 50 == 0:
+                    r.forget_dead()
+        except BaseException as e:  # noqa: BLE001
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    try:
+        assert not errors
+        assert r._pidfds == sum(1 for s in r._seen.values() if s.pidfd >= 0) <= 8
+    finally:
+        r.close()
+    assert r._pidfds == 0

@@ -17,6 +17,7 @@ import os
 import resource
 import signal
 import sqlite3
+import threading
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
@@ -154,7 +155,7 @@ class _Seen:
 
 
 class IdentityResolver:
-    """Resolves callers to agents for one daemon; not thread-safe (use it on the trio thread).
+    """Resolves callers to agents for one daemon. Thread-safe (one internal lock), cheap on the trio thread.
 
     A repeat caller costs a pidfd signal-0 probe (or, for a thread id or once
     pidfds run out, one read of /proc/PID/stat) plus a stat of the session
@@ -177,6 +178,9 @@ class IdentityResolver:
             max_pidfds = 256 if soft == resource.RLIM_INFINITY else max(0, min(256, soft // 8))
         self._max_pidfds = max_pidfds
         self._rows: dict[int, store.SessionRow] = {}
+        # Guards the caches and pidfds: a pidfd closed twice could close an
+        # unrelated fd that reused its number.
+        self._lock = threading.RLock()
         self._stamp = stamp_path(ws)
         self._stamp_seen: int | None = self._stamp_mtime()
 
@@ -197,17 +201,22 @@ class IdentityResolver:
         return self._conn
 
     def close(self) -> None:
-        for pid in list(self._seen):
-            self._drop(pid)
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
+        with self._lock:
+            for pid in list(self._seen):
+                self._drop(pid)
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
 
     def resolve(self, uid: int, gid: int, pid: int) -> Identity:
         """The agent of a request; never raises for a vanished or odd pid."""
         if self.mount_agent is not None:
             return Identity(self.mount_agent, uid, pid, None, "mount")
-        tag = self._tag(pid) if pid > 0 else None
+        if pid > 0:
+            with self._lock:
+                tag = self._tag(pid)
+        else:
+            tag = None
         if tag is not None:
             return Identity(tag[1], uid, pid, tag[0], "session")
         policy = self.holder.current
@@ -268,7 +277,7 @@ class IdentityResolver:
                 self._rows[row.id] = row
             tag = _walk(pid, live, self._cache) if live or self._cache else None
             if len(self._cache) >= _MAX_CACHE:
-                self.forget_dead()
+                self._forget_dead()
                 if len(self._cache) >= _MAX_CACHE:
                     self._cache.clear()
             self._cache[key] = tag
@@ -288,6 +297,10 @@ class IdentityResolver:
 
     def session_alive(self, session_id: int) -> bool:
         """True while the session's root lives; the row is cached, so only /proc is read."""
+        with self._lock:
+            return self._session_alive(session_id)
+
+    def _session_alive(self, session_id: int) -> bool:
         row = self._rows.get(session_id)
         if row is None:
             try:
@@ -301,6 +314,10 @@ class IdentityResolver:
 
     def forget_dead(self) -> int:
         """Housekeeping: drop what we know of gone processes and end dead sessions in the DB."""
+        with self._lock:
+            return self._forget_dead()
+
+    def _forget_dead(self) -> int:
         dead = [k for k in self._cache if not pid_alive(*k)]
         for k in dead:
             del self._cache[k]
