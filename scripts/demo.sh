@@ -6,7 +6,7 @@
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-"$here/scripts/setup.sh"
+[ -n "${AGENTFS_SKIP_SETUP:-}" ] || "$here/scripts/setup.sh"   # tests set it: setup already ran
 
 demo="${AGENTFS_DEMO_DIR:-/tmp/agentfs-demo}"
 ws="$demo/workspace"
