@@ -9,7 +9,9 @@ same table; `BEGIN IMMEDIATE` serialises them into one chain.
 
 Durability: "process" (default) commits the WAL without fsync: a record
 survives the daemon being killed at any moment (it is in the kernel's page
-cache) but not a power cut. "power" fsyncs each group commit.
+cache) but not a power cut. "power" fsyncs each group commit. On the hot
+path, `record_durable` acknowledges once the record is in this daemon's
+journal (one write(), see audit_journal) and commits it with the next group.
 
 Write handles: `open_write` durably records "open-w" and remembers the
 handle (with the daemon's pid and start time) in the same transaction;
