@@ -131,3 +131,21 @@ async def test_journaled_records_acknowledged_before_their_commit_survive_sigkil
     async with running(ws, daemon_id="again"):
         pass
     assert len(list(iter_records(ws))) == 5  # replayed once only
+
+
+async def test_a_torn_last_journal_line_is_skipped(ws):
+    from agentfs.core import audit_journal
+    from agentfs.store.audit_log import NewRecord
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    pid = int(gone.stdout)  # a process that no longer exists
+    j = audit_journal.Journal(ws, pid, 12345)
+    j.append(audit_journal.Entry(1, NewRecord(time.time_ns(), "ghost", 0, 1, "mkdir", "/d", None, "ok",
+                                              None), "dead", None, None))
+    os.write(j.fd, b'[2, 17, "ghost", 0, 1, "mkd')  # power cut mid-line
+    j.close(remove=False)
+    async with running(ws):
+        pass
+    assert [(r["agent"], r["path"]) for r in iter_records(ws)] == [("ghost", "/d")]
+    assert not j.path.exists()

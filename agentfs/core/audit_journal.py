@@ -59,6 +59,7 @@ class Journal:
     def __init__(self, ws: Workspace, pid: int, start: int) -> None:
         self.path = journal_path(ws, pid, start)
         self.key = key_of(pid, start)
+        self.path.parent.mkdir(mode=0o700, exist_ok=True)
         self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
         self.size = os.fstat(self.fd).st_size
 
