@@ -340,3 +340,13 @@ async def test_acknowledged_records_are_retried_after_a_failed_commit(ws, monkey
         await log.flush()
         await log.flush()
     assert [r["path"] for r in iter_records(ws)] == ["/acked", "/denied"]
+
+
+async def test_flush_waits_for_a_commit_already_under_way(ws):
+    async with running(ws) as log:
+        log.record_nowait(ev("unlink", "/a"))
+        # Let the writer take the batch into its commit thread, then flush.
+        while log._committing is None and log._batch.items:
+            await trio.sleep(0)
+        await log.flush()
+        assert raw(ws).execute("SELECT COUNT(*) FROM audit_log").fetchone() == (1,)

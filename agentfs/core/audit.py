@@ -145,6 +145,7 @@ class AuditLog:
         self._journal: audit_journal.Journal | None = None
         self._jn = 0
         self._failures = 0
+        self._committing: _Batch | None = None
         self.runaways = RunawayDetector(self.settings, self._on_alert)
 
     # --- settings -----------------------------------------------------------------
@@ -266,7 +267,7 @@ class AuditLog:
         finally:
             with trio.CancelScope(shield=True):
                 while self._batch.items and self._failures < 5:
-                    await self._commit_next()
+                    await self._commit_next(retention=False)
                 self._running = False
                 journal, self._journal = self._journal, None
                 conn, self._conn = self._conn, None
@@ -280,9 +281,10 @@ class AuditLog:
                     conn.close()
                 self._stopped.set()
 
-    async def _commit_next(self) -> None:
+    async def _commit_next(self, retention: bool = True) -> None:
         self._wake = trio.Event()
         batch, self._batch = self._batch, _Batch()
+        self._committing = batch
         if batch.items:
             try:
                 batch.seqs = await trio.to_thread.run_sync(self._commit_sync, batch.items)
@@ -301,12 +303,13 @@ class AuditLog:
                         await trio.sleep(min(1.0, 0.05 * 2 ** self._failures))
             self._since_retention += len(batch.items)
         batch.done.set()
+        self._committing = None
         j = self._journal
         if (j is not None and j.size > audit_journal.RESET_BYTES
                 and not any(it.jn is not None for it in self._batch.items)):
             j.reset()
-        if (self._since_retention >= _RETENTION_EVERY_RECORDS
-                or time.monotonic() - self._last_retention > _RETENTION_EVERY_S):
+        if retention and (self._since_retention >= _RETENTION_EVERY_RECORDS
+                          or time.monotonic() - self._last_retention > _RETENTION_EVERY_S):
             await self._retention()
 
     def _commit_sync(self, items: list[_Item]) -> list[int]:
@@ -374,8 +377,10 @@ class AuditLog:
             log.error("audit: archiving old records failed: %s", e)
 
     async def flush(self) -> None:
-        """Wait until everything queued so far is committed."""
-        batch = self._batch
+        """Wait until everything queued so far is committed (or its commit failed)."""
+        committing, batch = self._committing, self._batch
+        if committing is not None:
+            await committing.done.wait()
         if not batch.items:
             return
         if not self._running:
