@@ -8,6 +8,7 @@ than threads); only fsync and what the governor hands to threads may wait.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import logging
@@ -333,6 +334,11 @@ class Operations(pyfuse3.Operations):
         op = "rmdir" if is_dir else "unlink"
         self.gov.require(caller, op, path, "d")
         await self.gov.lock_wait(caller, path, Access.DELETE, subtree=is_dir)
+        child = self.inodes.child(parent, nm)
+        if child is not None and not is_dir and len(child.links) == 1:
+            # Its last name goes: pin the object so fstat/ftruncate on open handles keep working.
+            with contextlib.suppress(Stale, OSError):
+                self._fd(child)
         if is_dir:
             os.rmdir(nm, dir_fd=pfd)
         else:
@@ -371,6 +377,10 @@ class Operations(pyfuse3.Operations):
             await self.gov.lock_wait(caller, path_new, Access.DELETE, subtree=stat_mod.S_ISDIR(dst.st_mode))
         else:
             await self.gov.lock_wait(caller, path_new, Access.WRITE)
+        replaced = self.inodes.child(parent_new, nn) if dst is not None and not exchange else None
+        if replaced is not None and not replaced.is_dir and len(replaced.links) == 1:
+            with contextlib.suppress(Stale, OSError):
+                self._fd(replaced)
         renameat2(ofd, no, nfd, nn, flags)
         if exchange:
             self.inodes.exchange(parent_old, no, parent_new, nn)
