@@ -96,3 +96,17 @@ def test_parse_time():
     assert parse_time("2026-01-02T03:04:05Z") == 1767323045 * 10**9
     with pytest.raises(AgentfsError):
         parse_time("yesterday-ish")
+
+
+async def test_archive_command_moves_old_records_and_verify_still_passes(ws):
+    async with running(ws) as log:
+        for i in range(12):
+            await log.record(ev("create", f"/a/{i}"))
+    refused = run([AGENTFS, "audit", "archive", "-w", str(ws.root)], check=False)
+    assert refused.returncode == 1 and "--keep" in refused.stderr
+    out = run([AGENTFS, "audit", "archive", "--keep", "5", "-w", str(ws.root)]).stdout
+    assert out.startswith("archived 7 records")
+    assert raw(ws).execute("SELECT COUNT(*) FROM audit_log").fetchone() == (5,)
+    assert "12 records" in run([AGENTFS, "audit", "verify", "-w", str(ws.root)]).stdout
+    recs = run([AGENTFS, "audit", "-w", str(ws.root), "--json", "--path", "/a/0"]).stdout.splitlines()
+    assert [json.loads(x)["seq"] for x in recs] == [1]
