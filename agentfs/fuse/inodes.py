@@ -43,6 +43,9 @@ class Inode:
     fd: int | None = None
     nlookup: int = 0
     links: dict[tuple[int, str], None] = field(default_factory=dict)
+    # The last path of an inode whose every name is gone but which is still
+    # open or looked up (fstat of an unlinked open file must keep working).
+    orphan_path: str | None = None
 
     @property
     def is_dir(self) -> bool:
@@ -106,6 +109,7 @@ class InodeTable:
             self.unlink(parent, name)
         self._children[(parent, name)] = node.ino
         node.links[(parent, name)] = None
+        node.orphan_path = None
 
     def unlink(self, parent: int, name: str) -> Inode | None:
         ino = self._children.pop((parent, name), None)
@@ -113,6 +117,8 @@ class InodeTable:
             return None
         node = self._by_ino.get(ino)
         if node is not None:
+            if len(node.links) == 1:
+                node.orphan_path = self.path(ino)
             node.links.pop((parent, name), None)
             if node.is_dir:
                 self._generation += 1
@@ -189,7 +195,7 @@ class InodeTable:
                 if node.is_dir:
                     self._dir_paths[ino] = (self._generation, p)
                 return p
-        return "/" if ino == pyfuse3.ROOT_INODE else None
+        return "/" if ino == pyfuse3.ROOT_INODE else node.orphan_path
 
     def paths(self, ino: int) -> list[str]:
         """Every known workspace path of `ino` (hard links give several)."""
