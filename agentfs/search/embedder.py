@@ -24,7 +24,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 MAX_TOKENS = 256  # all-MiniLM-L6-v2 was trained with max_seq_length 256
-BATCH = 16
+BATCH = 8
 
 
 @runtime_checkable

@@ -20,7 +20,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -39,7 +39,7 @@ CREATE TABLE IF NOT EXISTS files (
     indexed_at REAL
 );
 CREATE TABLE IF NOT EXISTS chunks (
-    id INTEGER PRIMARY KEY,
+    id INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: vector caches key on it
     file_id INTEGER NOT NULL,
     start_line INTEGER NOT NULL, end_line INTEGER NOT NULL,
     text_hash TEXT NOT NULL,
@@ -264,6 +264,11 @@ class IndexDB:
             c.execute("ROLLBACK")
             raise
 
+    def iter_vectors(self) -> Iterator[tuple[int, bytes]]:
+        """Every (chunk id, float32 vector bytes), to fill the sidecar's in-memory copy."""
+        if self.has_vectors():
+            yield from self.conn.execute("SELECT rowid, embedding FROM chunk_vec")
+
     # -- queries ---------------------------------------------------------------------
 
     def keyword_search(self, match: str, limit: int) -> list[int]:
@@ -300,5 +305,38 @@ class IndexDB:
 
     # -- bulk helpers (benchmarks) ------------------------------------------------------
 
-    def iter_vectors(self) -> Iterator[tuple[int, bytes]]:
-        yield from self.conn.execute("SELECT rowid, embedding FROM chunk_vec")
+    def copy_corpus(self, prefix: str, perturb: Callable[[np.ndarray], np.ndarray]) -> int:
+        """Copy every file not under `prefix`'s parent copies to `prefix` + its path, with
+        perturbed vectors; how benchmarks grow an index to 100k chunks without
+        embedding 100k texts. Returns the number of chunks added."""
+        c = self.conn
+        vec = self.has_vectors()
+        added = 0
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            files = c.execute("SELECT id, path, size, mtime_ns, ino, hash, kind FROM files "
+                              "WHERE skipped IS NULL AND path NOT LIKE '/_copy%'").fetchall()
+            for fid, path, size, mtime, ino, h, kind in files:
+                nid = c.execute("INSERT INTO files(path, size, mtime_ns, ino, hash, kind, indexed_at) "
+                                "VALUES (?,?,?,?,?,?,?)",
+                                (prefix + path, size, mtime, ino, h, kind, time.time())).lastrowid
+                for cid, a, b, th, ctx, text, emb in c.execute(
+                        "SELECT id, start_line, end_line, text_hash, context, text, embedded FROM chunks "
+                        "WHERE file_id = ?", (fid,)).fetchall():
+                    ncid = c.execute("INSERT INTO chunks(file_id, start_line, end_line, text_hash, context, text, "
+                                     "embedded) VALUES (?,?,?,?,?,?,?)",
+                                     (nid, a, b, th, prefix + ctx, text, emb)).lastrowid
+                    c.execute("INSERT INTO chunk_fts(rowid, text, context) VALUES (?,?,?)",
+                              (ncid, text, prefix + ctx))
+                    if vec and emb:
+                        row = c.execute("SELECT embedding FROM chunk_vec WHERE rowid = ?", (cid,)).fetchone()
+                        if row:
+                            v = perturb(np.frombuffer(row[0], dtype=np.float32))
+                            c.execute("INSERT INTO chunk_vec(rowid, embedding) VALUES (?, ?)",
+                                      (ncid, np.asarray(v, dtype=np.float32).tobytes()))
+                    added += 1
+            c.execute("COMMIT")
+        except BaseException:
+            c.execute("ROLLBACK")
+            raise
+        return added

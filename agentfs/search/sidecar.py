@@ -5,7 +5,8 @@ Three kinds of threads, so that none waits on another for long:
   ~0.2 s) with a stat scan as a safety net, writing text and keywords at once;
 - one embedding thread turns pending chunks into vectors in small batches;
 - the query server (one thread per connection) reads the index with its own
-  connections; a query embeds only its own short text.
+  connections; a query embeds only its own short text, and vector KNN runs
+  on an in-memory copy of the vectors (see `vectors.py`).
 
 The socket lives in the abstract namespace: WS is mode 0700, but agents must
 reach the sidecar to search, and a filesystem socket under WS would be out of
@@ -34,6 +35,7 @@ from agentfs.search.feed import AuditFeed
 from agentfs.search.index import IndexDB
 from agentfs.search.indexer import Indexer
 from agentfs.search.ranking import QueryCache, search
+from agentfs.search.vectors import VectorCache
 from agentfs.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -66,8 +68,11 @@ class Sidecar:
         if self.embedder is not None and not self.db.vec_ok:
             self.note = "sqlite-vec cannot be loaded (SQLite extension loading missing): keyword search only"
             self.embedder = None
+        self.vectors: VectorCache | None = None
         if self.embedder is not None:
             self.db.prepare_vectors(self.embedder_name, int(self.embedder.dim))
+            self.vectors = VectorCache(int(self.embedder.dim))
+            self.vectors.load(self.db.iter_vectors())
         self.indexer = Indexer(ws, self.db)
         self.access = Access(ws)
         self._pool: queue.LifoQueue[IndexDB] = queue.LifoQueue()
@@ -176,8 +181,10 @@ class Sidecar:
                     self.wake_embedder.clear()
                     continue
                 try:
+                    ids = [i for i, _ in batch]
                     vectors = self.embedder.embed([t for _, t in batch])  # type: ignore[union-attr]
-                    db.put_vectors([i for i, _ in batch], vectors)
+                    db.put_vectors(ids, vectors)
+                    self.vectors.add(ids, vectors)  # type: ignore[union-attr]
                 except Exception:
                     log.exception("embedding failed; retrying in 5 s")
                     self.stop.wait(5.0)
@@ -206,7 +213,7 @@ class Sidecar:
         try:
             embed = self.embedder.embed if self.embedder is not None else None
             hits, mode = search(db, text, k=k, path_prefix=prefix if isinstance(prefix, str) else None,
-                                embed=embed, allowed=allowed, cache=self._cache)
+                                embed=embed, allowed=allowed, cache=self._cache, vectors=self.vectors)
             fresh = self._fresh(db)
         finally:
             self._pool.put(db)
