@@ -86,6 +86,26 @@ def test_lock_retries_on_eagain_until_wait(mnt, xattr):
     assert len(xattr.calls) == 3
 
 
+@pytest.mark.parametrize("code", [errno.EBUSY, errno.EOPNOTSUPP])
+def test_lock_busy_errnos(mnt, xattr, code):
+    """EBUSY, and EOPNOTSUPP while somebody holds the lock (Linux's rendering of EAGAIN), mean busy."""
+    xattr.set_errors = [code, code]
+    r = run("lock", "--wait", "5", mnt / "research")
+    assert r.exit_code == 0, r.output
+    assert len(xattr.calls) == 3
+
+
+def test_enotsup_without_holder_is_an_error(mnt, xattr, monkeypatch):
+    def no_attr(path, name):
+        raise OSError(errno.ENODATA, "no data")
+
+    monkeypatch.setattr(lock_cmds.os, "getxattr", no_attr)
+    xattr.set_errors = [errno.EOPNOTSUPP]
+    r = run("lock", "--wait", "5", mnt / "research")
+    assert r.exit_code == 1 and "does not take agentfs locks" in r.output
+    assert len(xattr.calls) == 1
+
+
 def test_lock_busy_without_wait(mnt, xattr):
     xattr.set_errors = [errno.EAGAIN] * 100
     r = run("lock", mnt / "research")

@@ -57,10 +57,22 @@ def _holder(path: str) -> str:
         return ""
 
 
+def is_busy(e: OSError, path: str) -> bool:
+    """Whether a failed setxattr means "another agent holds it".
+
+    Linux hands EAGAIN from a FUSE setxattr to the caller as EOPNOTSUPP, so
+    the daemon answers EBUSY; EOPNOTSUPP while getfattr shows a holder is
+    read as busy too, for daemons that still answer EAGAIN.
+    """
+    if e.errno in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EBUSY):
+        return True
+    return e.errno in (errno.ENOTSUP, errno.EOPNOTSUPP) and bool(_holder(path))
+
+
 def _explain(e: OSError, path: str, doing: str) -> AgentfsError:
     """One line for each way the daemon can refuse a lock request."""
     code = e.errno
-    if code in (errno.EAGAIN, errno.EWOULDBLOCK):
+    if is_busy(e, path):
         held = _holder(path)
         return LockBusy(f"{path} is locked by another agent{': ' + held if held else ''}; "
                         f"retry later or pass --wait SECONDS")
@@ -93,14 +105,14 @@ def lock_value(shared: bool, ttl: float | None, force: bool = False) -> bytes:
 
 
 def set_lock(path: str, value: bytes, wait: float) -> None:
-    """setxattr, retried on EAGAIN until `wait` seconds have passed (each try waits in the daemon too)."""
+    """setxattr, retried while busy until `wait` seconds have passed (each try waits in the daemon too)."""
     deadline = time.monotonic() + wait
     while True:
         try:
             os.setxattr(path, XATTR, value)
             return
         except OSError as e:
-            busy = e.errno in (errno.EAGAIN, errno.EWOULDBLOCK)
+            busy = is_busy(e, path)
             left = deadline - time.monotonic()
             if not busy or left <= 0:
                 raise _explain(e, path, "lock") from None
