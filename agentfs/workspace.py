@@ -60,10 +60,15 @@ class Workspace:
     def open(cls, path: str | os.PathLike[str]) -> "Workspace":
         """The workspace at `path`, or a one-line error saying how to make one."""
         root = Path(path).resolve()
-        if not root.is_dir():
-            raise WorkspaceError(f"no workspace at {root}: create one with `agentfs init {path}`")
-        ws = cls(root)
-        if not ws.policy_path.is_file() or not ws.data_path.is_dir():
+        try:
+            if not root.is_dir():
+                raise WorkspaceError(f"no workspace at {root}: create one with `agentfs init {path}`")
+            ws = cls(root)
+            complete = ws.policy_path.is_file() and ws.data_path.is_dir()
+        except PermissionError:
+            raise WorkspaceError(f"{root} is readable only by root: run this command as root, "
+                                 "or work through the mount") from None
+        if not complete:
             raise WorkspaceError(
                 f"{root} is not an agentfs workspace (no {POLICY_FILE} or {DATA_DIR}/): "
                 f"create one with `agentfs init {path}`"

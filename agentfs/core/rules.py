@@ -20,7 +20,7 @@ import trio
 from agentfs.core.audit import AuditEvent, AuditLog
 from agentfs.core.audit_content import ContentHasher
 from agentfs.core.governor import Caller, Denied
-from agentfs.core.identity import IdentityResolver, stamp_path
+from agentfs.core.identity import IdentityResolver
 from agentfs.core.lock_format import format_lock_xattr, format_locks_listing, parse_lock_xattr
 from agentfs.core.lock_types import Access, LockConflict
 from agentfs.core.locks import LockManager
@@ -32,16 +32,7 @@ log = logging.getLogger(__name__)
 
 # Letters that change something: these count towards runaway detection.
 _CHANGING = set("wcd")
-_MAX_CALLERS = 4096
 HOUSEKEEPING_SECONDS = 1.0
-STAMP_CHECK_SECONDS = 0.02
-
-
-def _mtime(path: str) -> int | None:
-    try:
-        return os.stat(path).st_mtime_ns
-    except OSError:
-        return None
 
 
 class WorkspaceGovernor:
@@ -59,37 +50,14 @@ class WorkspaceGovernor:
         self.audit = AuditLog(ws, lambda: self.holder.current.settings("audit"),
                               daemon_id=f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:8]}")
         self.hasher = ContentHasher()
-        self._callers: dict[tuple[int, int, int], Caller] = {}
-        self._policy_gen = self.holder.generation
         self._nursery: trio.Nursery | None = None
-        self._stamp_path = stamp_path(ws)
-        self._stamp = _mtime(self._stamp_path)
-        self._stamp_due = 0.0
 
     # ----- who -----------------------------------------------------------
 
     def identify(self, uid: int, gid: int, pid: int) -> Caller:
-        now = time.monotonic()
-        if now >= self._stamp_due:
-            # `agentfs run` touches this stamp when it tags a process: a pid
-            # cached as untagged a moment ago must be looked at again.
-            self._stamp_due = now + STAMP_CHECK_SECONDS
-            stamp = _mtime(self._stamp_path)
-            if stamp != self._stamp:
-                self._stamp = stamp
-                self._callers.clear()
-        key = (uid, gid, pid)
-        c = self._callers.get(key)
-        if c is not None:
-            return c
+        """The caller's agent. The resolver guards pid reuse (pidfd or start time); no cache here."""
         ident = self.identity.resolve(uid, gid, pid)
-        c = Caller(ident.agent, uid, gid, pid, ident.session_id, ident.how)
-        if len(self._callers) >= _MAX_CALLERS:
-            self._callers.clear()
-        # Short-lived: the resolver guards pid reuse by start time; this only
-        # saves the /proc read for the burst of requests one process makes.
-        self._callers[key] = c
-        return c
+        return Caller(ident.agent, uid, gid, pid, ident.session_id, ident.how)
 
     # ----- may -----------------------------------------------------------
 
@@ -115,18 +83,18 @@ class WorkspaceGovernor:
 
     def check_link(self, caller: Caller, src_path: str, new_path: str) -> None:
         """A hard link must not give anyone more rights on the file than its old name did."""
-        policy = self.holder.current
-        for agent in list(policy.agents) + [policy.default_agent]:
-            gained = policy.rights(agent, new_path) & ~policy.rights(agent, src_path)
-            if gained & (Rights.R | Rights.W):
-                self._deny(caller, "link", src_path, errno.EACCES,
-                           {"reason": f"{agent} would gain {gained.fixed()}", "new_path": new_path})
-                raise Denied(errno.EACCES, f"a link at {new_path} would give {agent} more rights")
+        agent = self.holder.current.link_leak(src_path, new_path)
+        if agent is not None:
+            self._deny(caller, "link", src_path, errno.EACCES,
+                       {"reason": f"{agent} would gain rights", "new_path": new_path})
+            raise Denied(errno.EACCES, f"a link at {new_path} would give {agent} more rights")
 
     def timeout(self, path: str) -> float:
         policy = self.holder.current
         cache = float(policy.settings("mount").get("cache_seconds", 60.0))
-        if self.mount_agent is not None or policy.uniform(path):
+        # The kernel's caches are shared by all callers and can only leak
+        # visibility (every open or change is still checked here).
+        if self.mount_agent is not None or policy.same_view(path):
             return cache
         return 0.0
 
@@ -240,8 +208,7 @@ class WorkspaceGovernor:
     # ----- lifecycle -----------------------------------------------------
 
     def reload(self) -> None:
-        if self.holder.reload():
-            self._callers.clear()
+        self.holder.reload()
 
     async def run(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
@@ -254,10 +221,8 @@ class WorkspaceGovernor:
         while True:
             await trio.sleep(HOUSEKEEPING_SECONDS)
             try:
-                if self.holder.maybe_reload() or self.holder.generation != self._policy_gen:
-                    self._policy_gen = self.holder.generation
-                # Bounds how long a (uid, gid, pid) answer lives: pids are reused.
-                self._callers.clear()
+                # Parsing a large policy takes tens of ms: not on the FUSE loop.
+                await trio.to_thread.run_sync(self.holder.maybe_reload)
                 for lk in await self.locks.expire():
                     self.audit.record_nowait(AuditEvent("lock-expired", lk.agent, -1, 0, lk.path,
                                                         details={"mode": lk.mode.value, "token": lk.token}))
