@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import click
 
 from agentfs.cli._common import echo_json, resolve_workspace, workspace_option
-from agentfs.errors import AgentfsError
+from agentfs.errors import AgentfsError, WorkspaceError
+from agentfs.workspace import mounts_of_agentfs
 
 log = logging.getLogger(__name__)
 
@@ -100,13 +103,22 @@ def _wait_embedded(sidecar: Any, tty: bool) -> None:
 def search_cmd(query: tuple[str, ...], k: int, path_prefix: str | None, as_json: bool,
                workspace_opt: str | None) -> None:
     """Search the workspace by meaning and keywords."""
-    from agentfs.search.client import search_any
+    from agentfs.search.client import query_full, search_any
 
-    ws = resolve_workspace(workspace_opt)
     text = " ".join(query)
     if path_prefix and not path_prefix.startswith("/"):
         path_prefix = "/" + path_prefix
-    resp = search_any(ws, text, k=k, path_prefix=path_prefix)
+    try:
+        ws = resolve_workspace(workspace_opt)
+    except WorkspaceError:
+        # Agents cannot look inside WS (mode 0700) but may still ask its sidecar,
+        # which decides what they may see from their peer credentials.
+        root = _workspace_root_unchecked(workspace_opt)
+        if root is None or os.geteuid() == 0:
+            raise
+        resp = query_full(root, text, k=k, path_prefix=path_prefix, timeout=30.0)
+    else:
+        resp = search_any(ws, text, k=k, path_prefix=path_prefix)
     hits = resp.get("hits", [])
     if as_json:
         echo_json(hits)
@@ -130,6 +142,20 @@ def search_cmd(query: tuple[str, ...], k: int, path_prefix: str | None, as_json:
         notes.append("no sidecar running: searched the index directly; it may be stale (`agentfs index`)")
     for n in notes:
         click.echo(f"note: {n}", err=True)
+
+
+def _workspace_root_unchecked(workspace_opt: str | None) -> Path | None:
+    """The workspace a non-root caller means, without reading inside it."""
+    ctx = click.get_current_context()
+    explicit = workspace_opt or (ctx.find_root().obj or {}).get("workspace") or os.environ.get("AGENTFS_WORKSPACE")
+    if explicit:
+        return Path(explicit).resolve()
+    here = Path.cwd().resolve()
+    best: tuple[int, Path] | None = None
+    for mnt, root in mounts_of_agentfs():
+        if (here == mnt or mnt in here.parents) and (best is None or len(mnt.parts) > best[0]):
+            best = (len(mnt.parts), root)
+    return best[1] if best else None
 
 
 COMMANDS = [index_cmd, search_cmd]

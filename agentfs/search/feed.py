@@ -30,12 +30,13 @@ class AuditFeed:
 
     @classmethod
     def open(cls, ws: Workspace) -> "AuditFeed | None":
-        try:
-            from agentfs.core import audit  # type: ignore[attr-defined]
-
-            records = audit.iter_records
-        except (ImportError, AttributeError):
-            records = _store_records
+        records = _store_records
+        for name in ("agentfs.core.audit_query", "agentfs.core.audit"):
+            try:
+                records = getattr(__import__(name, fromlist=["iter_records"]), "iter_records")
+                break
+            except (ImportError, AttributeError):
+                continue
         try:
             from agentfs.store import audit_log  # noqa: F401
         except ImportError:
