@@ -1,7 +1,11 @@
 #!/usr/bin/env python3
 """Lock manager costs, in-process (no FUSE): grant+release round trip and conflict() per call.
 
-    /opt/agentfs/venv/bin/python scripts/bench_locks.py [--locks 1000] [--rounds 300]
+    /opt/agentfs/venv/bin/python scripts/bench_locks.py [--locks 1000] [--rounds 300] [--mount DIR]
+
+With --mount DIR (a directory on a running agentfs mount, where the caller
+may create a file and lock it) it also times lock+unlock through the xattr
+interface and through the `agentfs lock`/`agentfs unlock` CLI.
 
 conflict() runs on every open/create/unlink/rename of the daemon, so its
 cost is compared with the ~50 µs of daemon CPU a FUSE request takes.
@@ -10,6 +14,7 @@ cost is compared with the ~50 µs of daemon CPU a FUSE request takes.
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -98,13 +103,42 @@ async def bench(root: Path, nlocks: int, rounds: int) -> None:
     conn.close()
 
 
+def bench_mount(directory: Path, rounds: int) -> None:
+    """lock+unlock round trips on a real mount: setxattr/removexattr, then the CLI."""
+    import subprocess
+    import sys
+
+    target = directory / "bench-lock-file"
+    target.write_text("x")
+    try:
+        t0 = time.perf_counter()
+        for _ in range(rounds):
+            os.setxattr(target, "user.agentfs.lock", b"exclusive;ttl=30")
+            os.removexattr(target, "user.agentfs.lock")
+        xattr_ms = (time.perf_counter() - t0) / rounds * 1e3
+        print(f"lock+unlock through the xattr on {directory}: {xattr_ms:.2f} ms")
+        cli = [str(Path(sys.executable).parent / "agentfs")]
+        n = max(3, rounds // 30)
+        t0 = time.perf_counter()
+        for _ in range(n):
+            subprocess.run(cli + ["lock", "--ttl", "30", str(target)], check=True, capture_output=True)
+            subprocess.run(cli + ["unlock", str(target)], check=True, capture_output=True)
+        cli_ms = (time.perf_counter() - t0) / n * 1e3
+        print(f"lock+unlock through the CLI (two processes):  {cli_ms:.0f} ms")
+    finally:
+        target.unlink()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--locks", type=int, default=1000)
     ap.add_argument("--rounds", type=int, default=300)
+    ap.add_argument("--mount", type=Path, default=None, metavar="DIR")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         trio.run(bench, Path(tmp), args.locks, args.rounds)
+    if args.mount is not None:
+        bench_mount(args.mount, args.rounds)
 
 
 if __name__ == "__main__":
