@@ -130,11 +130,13 @@ class WorkspaceGovernor:
         except ValueError as e:
             raise Denied(errno.EINVAL, str(e)) from None
         self.require(caller, "lock", path, "l")
+        wait = float(self.holder.current.settings("locks").get("wait_seconds", 5.0))
         try:
-            lock = await self.locks.acquire(caller.agent, path, mode, ttl, caller.session_id, 0.0, force)
+            lock = await self.locks.acquire(caller.agent, path, mode, ttl, caller.session_id, wait, force)
         except LockConflict as e:
-            self._deny(caller, "lock", path, errno.EAGAIN, {"held_by": e.lock.agent, "mode": e.lock.mode.value})
-            raise Denied(errno.EAGAIN, str(e)) from None
+            # EBUSY, not EAGAIN: the kernel turns a setxattr EAGAIN into EOPNOTSUPP.
+            self._deny(caller, "lock", path, errno.EBUSY, {"held_by": e.lock.agent, "mode": e.lock.mode.value})
+            raise Denied(errno.EBUSY, str(e)) from None
         await self.record(caller, "lock", path, details={"mode": lock.mode.value, "token": lock.token,
                                                         "expires_ns": lock.expires_ns, "force": force})
 
@@ -155,7 +157,8 @@ class WorkspaceGovernor:
     def render_locks(self, caller: Caller) -> str:
         policy = self.holder.current
         shown = [lk for lk in self.locks.list() if policy.visible(caller.agent, lk.path, True)]
-        return format_locks_listing(shown)
+        text = format_locks_listing(shown)
+        return text if text.endswith("\n") else text + "\n"
 
     # ----- record --------------------------------------------------------
 
@@ -163,8 +166,10 @@ class WorkspaceGovernor:
                      result: str = "ok", details: dict[str, Any] | None = None) -> None:
         await self.audit.record(AuditEvent(op, caller.agent, caller.uid, caller.pid, path, new_path,
                                            result, details))
-        if op in ("rename", "exchange") and new_path is not None:
+        if op == "rename" and new_path is not None:
             self.locks.on_rename(path, new_path)
+        elif op == "exchange" and new_path is not None:
+            self.locks.on_exchange(path, new_path)
         elif op in ("unlink", "rmdir"):
             self.locks.on_delete(path)
 
