@@ -350,3 +350,16 @@ async def test_flush_waits_for_a_commit_already_under_way(ws):
             await trio.sleep(0)
         await log.flush()
         assert raw(ws).execute("SELECT COUNT(*) FROM audit_log").fetchone() == (1,)
+
+
+async def test_recent_agents_for_status(ws):
+    async with running(ws) as log:
+        await log.record(ev(agent="old"))
+        t = time.time_ns()
+        await log.record(ev(agent="alice"))
+        await log.record(ev(agent="bob"))
+        await log.record(ev(agent="alice"))
+    conn = raw(ws)
+    rows = store.recent_agents(conn, t)
+    assert [(a, n) for a, n, _ts in rows] == [("alice", 2), ("bob", 1)]
+    assert rows[0][2] >= rows[1][2] >= t

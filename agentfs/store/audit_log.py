@@ -378,3 +378,10 @@ def recent_agents(conn: sqlite3.Connection, since_ns: int) -> list[tuple[str, in
     return conn.execute(
         "SELECT agent, COUNT(*), MAX(ts_ns) FROM audit_log WHERE ts_ns >= ? GROUP BY agent ORDER BY 3 DESC",
         (since_ns,)).fetchall()
+
+
+def recent_agents(conn: sqlite3.Connection, since_ns: int) -> list[tuple[str, int, int]]:
+    """(agent, records, newest ts_ns) of every agent with records since `since_ns`, latest first."""
+    return [(a, int(n), int(ts)) for a, n, ts in conn.execute(
+        "SELECT agent, COUNT(*), MAX(ts_ns) FROM audit_log WHERE ts_ns >= ? GROUP BY agent"
+        " ORDER BY MAX(ts_ns) DESC", (since_ns,))]
