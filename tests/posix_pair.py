@@ -99,12 +99,12 @@ def as_user(uid: int, gid: int, fn: Callable[[], Any], umask: int = 0o022,
     return res
 
 
-def sig(p: Path | bytes, with_size_of_dirs: bool = False) -> tuple | None:
-    """The POSIX-defined, comparable stat fields of `p` (not followed), or None if missing."""
+def sig(p: Path | bytes, with_size_of_dirs: bool = False) -> tuple:
+    """The POSIX-defined, comparable stat fields of `p` (not followed), or (errno name,)."""
     try:
         st = os.lstat(p)
-    except FileNotFoundError:
-        return None
+    except OSError as e:
+        return (errno.errorcode.get(e.errno, e.errno),)
     size = st.st_size if (with_size_of_dirs or not stat.S_ISDIR(st.st_mode)) else None
     return (stat.filemode(st.st_mode), st.st_mode, st.st_nlink, st.st_uid, st.st_gid, size,
             st.st_rdev if (stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)) else 0)
@@ -113,7 +113,7 @@ def sig(p: Path | bytes, with_size_of_dirs: bool = False) -> tuple | None:
 def times(p: Path | bytes) -> tuple[int, int, int, int] | None:
     try:
         st = os.lstat(p)
-    except FileNotFoundError:
+    except OSError:
         return None
     return st.st_ino, st.st_atime_ns, st.st_mtime_ns, st.st_ctime_ns
 
@@ -183,7 +183,8 @@ class Pair:
         for root in self.roots:
             paths = [root / os.fsdecode(w) for w in watch]
             t0 = [times(p) for p in paths]
-            clock_tick()
+            if times_too:
+                clock_tick()
             if user is None:
                 res = outcome(lambda: fn(root))
             else:
