@@ -137,3 +137,9 @@ def test_a_misspelt_runaway_key_is_a_policy_error(workdir):
     p.write_text('[workspace]\ndefault_agent = "nobody"\n\n[audit]\ndurability = "paranoid"\n')
     with pytest.raises(PolicyError, match="durability"):
         Policy.load(p)
+
+
+def test_parse_accepts_just_the_audit_section():
+    s = parse({"reads": True, "retention_records": 9, "durability": "power"})
+    assert (s.reads, s.retention_records, s.durability) == (True, 9, "power")
+    assert s.runaway == RunawayRule()

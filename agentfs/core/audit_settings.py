@@ -122,10 +122,15 @@ def parse(d: Mapping[str, Any] | None) -> AuditSettings:
     """Settings from what the daemon's `settings()` returns; absent keys take defaults.
 
     Accepted shapes: a mapping of section names (`{"audit": {...},
-    "audit.runaway": {...}}`), or nested (`{"audit": {"runaway": {...}}}`);
-    per-agent rules under `{"agents": {NAME: {"runaway": {...}}}}`.
+    "audit.runaway": {...}}`, what `settings_from_policy` builds), nested
+    (`{"audit": {"runaway": {...}}}`, the TOML as parsed), or just the
+    `[audit]` section itself; per-agent rules under
+    `{"agents": {NAME: {"runaway": {...}}}}`.
     """
     d = d or {}
+    flat = {f.name for f in fields(AuditSettings)} | {"runaway"}
+    if "audit" not in d and flat & set(d):
+        d = {"audit": d}  # just the [audit] section, as `Policy.settings("audit")` returns it
     audit = dict(d.get("audit") or {})
     runaway_d = d.get("audit.runaway") or audit.pop("runaway", None) or {}
     known = {f.name for f in fields(AuditSettings)} - {"runaway", "runaway_agents"}
