@@ -151,10 +151,15 @@ class AuditLog:
     # --- settings -----------------------------------------------------------------
 
     def settings(self) -> AuditSettings:
-        """The parsed settings, re-parsed only when `settings()` returns a new object."""
+        """The parsed settings, re-parsed only when what `settings()` returns changed.
+
+        This runs on every change (runaway checks), so an unchanged object
+        (or an equal fresh dict) costs a comparison, not a parse.
+        """
         raw = self._settings_fn()
         if raw is not self._settings_raw:
-            self._settings = parse(raw)
+            if raw != self._settings_raw:
+                self._settings = parse(raw)
             self._settings_raw = raw
         return self._settings
 
