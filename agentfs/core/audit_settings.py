@@ -85,7 +85,7 @@ def _register() -> None:
     })
     runaway_fields = {
         "writes_per_file_per_minute": FieldSpec(int, r.writes_per_file_per_minute,
-                                                "opens for writing of one file per window (0: off)",
+                                                "changes to one path per window: opens for writing, truncates, renames... (0: off)",
                                                 non_negative),
         "new_files_per_minute": FieldSpec(int, r.new_files_per_minute,
                                           "files, directories and links created per window (0: off)",

@@ -21,8 +21,6 @@ log = logging.getLogger(__name__)
 
 # Operations that bring a new name into the tree.
 NEW_FILE_OPS = frozenset({"create", "mknod", "mkdir", "symlink", "link"})
-# Operations that count as "a write to this file".
-FILE_WRITE_OPS = frozenset({"open-w", "create", "write", "truncate", "setattr"})
 _SWEEP_EVERY = 4096
 
 
@@ -63,7 +61,10 @@ class RunawayDetector:
         return False
 
     def check(self, agent: str, op: str, path: str) -> bool:
-        """Count one change; True means refuse it (action "deny" and cooling off)."""
+        """Count one change (the caller asks only for changes); True means refuse it.
+
+        True only with action "deny" while the agent is cooling off.
+        """
         now = self.clock()
         rule = self._settings().rule_for(agent)
         self._calls += 1
@@ -72,7 +73,9 @@ class RunawayDetector:
         if self.cooling_off(agent):
             return rule.action == "deny"
         deny = False
-        if rule.writes_per_file_per_minute and op in FILE_WRITE_OPS:
+        # Every change counts against its path: a loop rewriting one file shows
+        # as opens for writing, truncates, or renames onto it (atomic saves).
+        if rule.writes_per_file_per_minute:
             deny |= self._count(now, rule, agent, "writes_per_file_per_minute", path,
                                 rule.writes_per_file_per_minute)
         if rule.new_files_per_minute and op in NEW_FILE_OPS:
