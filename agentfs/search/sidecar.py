@@ -36,7 +36,7 @@ from agentfs.search.index import IndexDB
 from agentfs.search.indexer import Indexer
 from agentfs.search.ranking import QueryCache, search
 from agentfs.search.vectors import VectorCache
-from agentfs.workspace import Workspace
+from agentfs.workspace import Workspace, mount_for_workspace
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +120,8 @@ class Sidecar:
         seq = feed.head() if feed else 0
         last_scan = time.monotonic()
         scan_cost = 0.0
+        mounted = False
+        next_mount_check = 0.0
         while not self.stop.wait(FEED_POLL):
             if feed is None and time.monotonic() - last_scan > SAFETY_SCAN:
                 feed = AuditFeed.open(self.ws)
@@ -134,8 +136,13 @@ class Sidecar:
                     st = self.indexer.sync_paths(paths)
                     if st.indexed or st.deleted:
                         self.wake_embedder.set()
-            # Without a feed, scan often (bounded by what a scan costs); with one, rarely.
-            interval = SAFETY_SCAN if feed is not None else max(1.0, 10 * scan_cost)
+            # The feed only sees changes made through a mount. Without a feed or a
+            # mount, files change behind our back: scan often (bounded by what a scan
+            # costs); with both, rarely, as a safety net.
+            if time.monotonic() >= next_mount_check:
+                mounted = bool(mount_for_workspace(self.ws))
+                next_mount_check = time.monotonic() + 1.0
+            interval = SAFETY_SCAN if feed is not None and mounted else max(1.0, 10 * scan_cost)
             if time.monotonic() - last_scan >= interval:
                 t0 = time.monotonic()
                 st = self.indexer.scan("/")
