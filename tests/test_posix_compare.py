@@ -66,6 +66,12 @@ def _write(p: Path, data: bytes = b"x" * 100, mode: int = 0o644) -> None:
     os.chmod(p, mode)
 
 
+def _quiet(p: Path, mode: int = 0o644) -> None:
+    """A file made without a write through the mount (the audit hasher reads written files, moving atime)."""
+    os.mknod(p, stat.S_IFREG | mode)
+    os.chmod(p, mode)
+
+
 def _read(p: Path) -> bytes:
     with open(p, "rb") as f:
         return f.read()
@@ -223,7 +229,7 @@ _OMIT = (0, UTIME_OMIT)
     ((-1, 0), (4_000_000_000, 999_999_999)),
 ])
 def test_utimensat_explicit_now_and_omit(pair, at, mt):
-    pair.setup(lambda r: (_write(r / "f"), os.utime(r / "f", ns=(10**18, 10**18))))
+    pair.setup(lambda r: (_quiet(r / "f"), os.utime(r / "f", ns=(10**18, 10**18))))
     pair.run(lambda r: utimensat(r / "f", at, mt), ["f"], atime=True)
 
     def explicit(r):
@@ -241,8 +247,8 @@ def test_utime_of_symlink_itself(pair):
 
 def test_utime_as_non_owner(pair):
     def make(r):
-        _write(r / "shared", mode=0o666)
-        _write(r / "ro", mode=0o644)
+        _quiet(r / "shared", mode=0o666)
+        _quiet(r / "ro", mode=0o644)
     pair.setup(make)
     pair.run(lambda r: os.utime(r / "shared"), ["shared"], user=(T1, T1))  # write access suffices
     pair.run(lambda r: os.utime(r / "shared", ns=(1, 1)), ["shared"], user=(T1, T1))  # EPERM
@@ -766,3 +772,58 @@ def test_outcome_helper_sees_errors():
     assert outcome(lambda: os.stat("/nonexistent/x")) == ("err", "ENOENT")
     assert as_user(T1, T1, lambda: os.getuid()) == ("ok", T1)
     assert outcome(lambda: os.open("/", os.O_WRONLY)) == ("err", errno.errorcode[errno.EISDIR])
+
+
+# ----- open-unlinked files, special files, creation edge cases ----------------------------
+
+
+def test_open_unlinked_file_keeps_working_through_its_descriptor(pair):
+    def go(r):
+        fd = os.open(r / "u", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, b"hello")
+            os.unlink(r / "u")
+            out = [os.fstat(fd).st_nlink, os.pread(fd, 10, 0)]
+            os.fchmod(fd, 0o600)
+            os.ftruncate(fd, 2)
+            os.utime(fd, ns=(10**18, 10**18))
+            os.setxattr(fd, "user.k", b"v")
+            os.fchown(fd, T1, T2)
+            st = os.fstat(fd)
+            out += [stat.S_IMODE(st.st_mode), st.st_size, st.st_mtime_ns, st.st_uid, st.st_gid,
+                    os.listxattr(fd), os.pread(fd, 10, 0), os.write(fd, b"more")]
+            os.fsync(fd)
+            return out
+        finally:
+            os.close(fd)
+    pair.run(go, ["u", "."])
+
+
+def test_created_with_mode_000_still_opens_for_its_creator(pair):
+    pair.run(lambda r: os.close(os.open(r / "z", os.O_CREAT | os.O_RDWR, 0)), ["z"], user=(T1, T1))
+    pair.run(lambda r: os.close(os.open(r / "z", os.O_RDWR)), ["z"], user=(T1, T1))  # EACCES now
+    pair.run(lambda r: os.mkdir(r / "d", 0o7777), ["d"], umask=0)
+    pair.run(lambda r: os.mkdir(r / "e", 0o7777), ["e"], user=(T1, T1), umask=0)
+
+
+def test_fifo_and_unix_socket_in_the_mount_work_locally(pair):
+    import socket
+
+    def fifo(r):
+        os.mkfifo(r / "p")
+        fd_r = os.open(r / "p", os.O_RDONLY | os.O_NONBLOCK)
+        fd_w = os.open(r / "p", os.O_WRONLY)
+        os.write(fd_w, b"through the fifo")
+        data = os.read(fd_r, 100)
+        os.close(fd_w)
+        os.close(fd_r)
+        return data
+
+    def sock(r):
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s, \
+                socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as c:
+            s.bind(str(r / "s"))
+            c.sendto(b"dgram", str(r / "s"))
+            return s.recv(100), stat.S_ISSOCK(os.lstat(r / "s").st_mode)
+    pair.run(fifo, ["p"])
+    pair.run(sock, ["s"])
