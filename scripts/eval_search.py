@@ -38,6 +38,7 @@ from agentfs.search.ranking import search
 from agentfs.search.vectors import VectorCache
 from agentfs.workspace import Workspace
 
+FLOOR = 0.0
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "scifact"
 
 
@@ -77,7 +78,7 @@ def quality(db: IndexDB, queries: dict[str, str], qrels: dict[str, dict[str, int
             vectors: VectorCache | None) -> tuple[float, float]:
     nd, rc = [], []
     for qid, rel in qrels.items():
-        hits, _ = search(db, queries[qid], k=100, embed=embed, vectors=vectors)
+        hits, _ = search(db, queries[qid], k=100, embed=embed, vectors=vectors, min_similarity=FLOOR)
         ranked = [Path(h.path).stem for h in hits]
         nd.append(ndcg_at(ranked, rel, 10))
         rc.append(len(set(ranked[:100]) & set(rel)) / len(rel))
@@ -89,7 +90,7 @@ def latency(db: IndexDB, texts: list[str], embed, vectors: VectorCache | None,
     times = []
     for t in texts:
         t0 = time.perf_counter()
-        search(db, t, k=k, embed=embed, vectors=vectors)
+        search(db, t, k=k, embed=embed, vectors=vectors, min_similarity=FLOOR)
         times.append((time.perf_counter() - t0) * 1000)
     times.sort()
     return times[len(times) // 2], times[int(len(times) * 0.95) - 1]
@@ -198,6 +199,8 @@ def main() -> None:
                   f"scan {ix['text_seconds']:.1f}s")
         db = IndexDB(ws.index_db)
         embed = emb.embed if emb is not None else None
+        global FLOOR
+        FLOOR = float(getattr(emb, "min_similarity", 0.0))  # as the sidecar does
         vectors = _vectors(db, emb)
         if embed is not None:
             nd, rc = quality(db, queries, qrels, embed, vectors)

@@ -279,10 +279,12 @@ def test_vector_cache_matches_sqlite_vec(tmp_path: Path):
     assert len(vc) == 60
     q = vecs[0] + 0.5 * vecs[1]
     q /= np.linalg.norm(q)
-    assert vc.knn(q, 10) == env.db.vector_search(q, 10)
-    first = vc.knn(q, 1)[0]
+    mine, theirs = vc.knn(q, 10), env.db.vector_search(q, 10)
+    assert [c for c, _ in mine] == [c for c, _ in theirs]
+    assert np.allclose([s for _, s in mine], [s for _, s in theirs], atol=1e-5)
+    first = mine[0][0]
     vc.discard([first])
-    assert first not in vc.knn(q, 60) and len(vc.knn(q, 60)) == 59
+    assert first not in dict(vc.knn(q, 60)) and len(vc.knn(q, 60)) == 59
 
 
 def test_paraphrase_found_by_hybrid_but_not_bm25(tmp_path: Path, minilm):
@@ -294,8 +296,11 @@ def test_paraphrase_found_by_hybrid_but_not_bm25(tmp_path: Path, minilm):
     query = "automobile repair"
     bm25, mode = search(env.db, query, embed=None)
     assert mode == "bm25" and [h.path for h in bm25] == []
-    hybrid, mode = search(env.db, query, embed=minilm.embed)
-    assert mode == "hybrid" and hybrid[0].path == "/garage.md"
+    hybrid, mode = search(env.db, query, embed=minilm.embed, min_similarity=minilm.min_similarity)
+    assert mode == "hybrid" and [h.path for h in hybrid] == ["/garage.md"]
+    nothing, _ = search(env.db, "quantum chromodynamics lattice", embed=minilm.embed,
+                        min_similarity=minilm.min_similarity)
+    assert nothing == []
 
 
 def test_minilm_embeddings_are_sane(minilm):

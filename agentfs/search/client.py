@@ -119,11 +119,13 @@ def query_direct(ws: Workspace, query: str, *, k: int = 10, path_prefix: str | N
     try:
         embed = None
         note = None
+        floor = 0.0
         name = configured_name(ws.policy_path)
         if db.has_vectors() and db.meta("embedder") == name:
             emb, note = load_embedder(name)
             embed = emb.embed if emb is not None else None
-        hits, mode = search(db, query, k=k, path_prefix=path_prefix, embed=embed)
+            floor = float(getattr(emb, "min_similarity", 0.0))
+        hits, mode = search(db, query, k=k, path_prefix=path_prefix, embed=embed, min_similarity=floor)
         stats = db.stats()
     finally:
         db.close()

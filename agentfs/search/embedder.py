@@ -38,6 +38,9 @@ class MiniLMEmbedder:
     """sentence-transformers/all-MiniLM-L6-v2: mean pooling over tokens, then L2 norm."""
 
     name = "minilm"
+    # Cosines of unrelated texts fall around 0-0.15 with this model; neighbours
+    # below the floor are noise, not hits (an embedder without it keeps all).
+    min_similarity = 0.2
 
     def __init__(self, model_dir: Path | None = None) -> None:
         from tokenizers import Tokenizer

@@ -277,10 +277,10 @@ class IndexDB:
             "SELECT rowid FROM chunk_fts WHERE chunk_fts MATCH ? ORDER BY bm25(chunk_fts, 1.0, 0.5) LIMIT ?",
             (match, limit))]
 
-    def vector_search(self, vector: np.ndarray, limit: int) -> list[int]:
-        """Chunk ids, nearest first."""
-        return [r[0] for r in self.conn.execute(
-            "SELECT rowid FROM chunk_vec WHERE embedding MATCH ? AND k = ? ORDER BY distance",
+    def vector_search(self, vector: np.ndarray, limit: int) -> list[tuple[int, float]]:
+        """(chunk id, cosine similarity), nearest first."""
+        return [(r[0], 1.0 - r[1] if r[1] is not None else -1.0) for r in self.conn.execute(
+            "SELECT rowid, distance FROM chunk_vec WHERE embedding MATCH ? AND k = ? ORDER BY distance",
             (np.asarray(vector, dtype=np.float32).tobytes(), limit))]
 
     def chunk_rows(self, ids: list[int]) -> dict[int, ChunkRow]:

@@ -91,13 +91,16 @@ def search(db: IndexDB, query: str, *, k: int = 10, path_prefix: str | None = No
            embed: Callable[[list[str]], np.ndarray] | None = None,
            allowed: Callable[[str], bool] | None = None,
            cache: QueryCache | None = None,
-           vectors: VectorCache | None = None) -> tuple[list[Hit], str]:
+           vectors: VectorCache | None = None,
+           min_similarity: float = 0.0) -> tuple[list[Hit], str]:
     """(hits best first, mode) where mode is "hybrid" or "bm25".
 
     `allowed(path)` drops files the caller may not read; `path_prefix`
     ("/research") keeps a subtree. Filtering happens before grouping, and
     candidate lists grow when filters leave too few files. `vectors` (the
     sidecar's in-memory copy) answers KNN instead of sqlite-vec when given.
+    Vector neighbours below `min_similarity` are dropped: KNN always finds
+    *something*, and a query about nothing in the workspace should list nothing.
     """
     prefix = None
     if path_prefix and path_prefix.strip("/"):
@@ -111,13 +114,15 @@ def search(db: IndexDB, query: str, *, k: int = 10, path_prefix: str | None = No
     n = max(CANDIDATES, 4 * k)
     while True:
         bm = db.keyword_search(match, n) if match else []
-        vec: list[int] = []
+        near: list[tuple[int, float]] = []
         if qvec is not None:
-            vec = vectors.knn(qvec, n) if vectors is not None else db.vector_search(qvec, n)
+            near = vectors.knn(qvec, n) if vectors is not None else db.vector_search(qvec, n)
+        vec = [cid for cid, sim in near if sim >= min_similarity]
         hits, gone = _fuse(db, bm, vec, k, prefix, allowed)
         if gone and vectors is not None:
             vectors.discard(gone)
-        exhausted = len(bm) < n and len(vec) < n
+        # More candidates help only if a list was cut at n (and not by the similarity floor).
+        exhausted = len(bm) < n and (len(near) < n or len(vec) < len(near))
         if len(hits) >= k or exhausted or n >= 4096:
             return hits, mode
         n *= 4

@@ -69,6 +69,7 @@ class Sidecar:
             self.note = "sqlite-vec cannot be loaded (SQLite extension loading missing): keyword search only"
             self.embedder = None
         self.vectors: VectorCache | None = None
+        self.min_similarity = float(getattr(self.embedder, "min_similarity", 0.0))
         if self.embedder is not None:
             self.db.prepare_vectors(self.embedder_name, int(self.embedder.dim))
             self.vectors = VectorCache(int(self.embedder.dim))
@@ -220,7 +221,8 @@ class Sidecar:
         try:
             embed = self.embedder.embed if self.embedder is not None else None
             hits, mode = search(db, text, k=k, path_prefix=prefix if isinstance(prefix, str) else None,
-                                embed=embed, allowed=allowed, cache=self._cache, vectors=self.vectors)
+                                embed=embed, allowed=allowed, cache=self._cache, vectors=self.vectors,
+                                min_similarity=self.min_similarity)
             fresh = self._fresh(db)
         finally:
             self._pool.put(db)

@@ -61,8 +61,11 @@ class VectorCache:
             if self._n > 1024 and len(self._row) < self._n // 2:
                 self._compact()
 
-    def knn(self, vector: np.ndarray, k: int) -> list[int]:
-        """Chunk ids of the k nearest vectors (cosine: vectors are unit length), nearest first."""
+    def knn(self, vector: np.ndarray, k: int) -> list[tuple[int, float]]:
+        """(chunk id, cosine similarity) of the k nearest vectors, nearest first.
+
+        Vectors are unit length, so the dot product is the cosine.
+        """
         with self._lock:
             n = self._n
             if n == 0:
@@ -72,7 +75,7 @@ class VectorCache:
             k = min(k, n)
             top = np.argpartition(-scores, k - 1)[:k]
             top = top[np.argsort(-scores[top])]
-            return [int(i) for i in self._ids[top] if i >= 0]
+            return [(int(self._ids[r]), float(scores[r])) for r in top if self._ids[r] >= 0]
 
     def _grow(self) -> None:
         cap = max(1024, 2 * len(self._ids))
