@@ -255,6 +255,14 @@ class Operations(pyfuse3.Operations):
             else:
                 utimensat(_AT_FDCWD, proc_path(fd), at, mt, follow=True)
             changed.update({k: v for k, v in (("atime_ns", at), ("mtime_ns", mt)) if v is not None})
+        if not changed:
+            # chown(f, -1, -1) arrives as a setattr of nothing; natively it moves ctime, and so does
+            # a no-op chown of the backing object.
+            if is_link:
+                pnode, nm = self._a_link(node)
+                os.chown(nm, -1, -1, dir_fd=self._fd(pnode), follow_symlinks=False)
+            else:
+                os.chown(proc_path(fd), -1, -1)
         st = os.stat(fd)
         if changed:
             op = "truncate" if list(changed) == ["size"] else "setattr"
