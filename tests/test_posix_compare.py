@@ -827,3 +827,50 @@ def test_fifo_and_unix_socket_in_the_mount_work_locally(pair):
             return s.recv(100), stat.S_ISSOCK(os.lstat(r / "s").st_mode)
     pair.run(fifo, ["p"])
     pair.run(sock, ["s"])
+
+
+# ----- what pjdfstest checks beyond the above ------------------------------------------------
+
+
+def test_chown_to_minus_one_and_to_a_supplementary_group(pair):
+    pair.setup(lambda r: (_quiet(r / "f", 0o4755), os.chown(r / "f", T1, T1), _quiet(r / "g")))
+    pair.run(lambda r: os.chown(r / "g", -1, -1), ["g"])
+    pair.run(lambda r: os.chown(r / "g", 0, 0), ["g"])
+    pair.run(lambda r: os.chown(r / "f", -1, -1), ["f"], user=(T1, T1))
+
+    def chgrp_supplementary(r):
+        return as_user(T1, T1, lambda: os.chown(r / "f", -1, T2), groups=[T2])
+    pair.run(chgrp_supplementary, ["f"])
+    pair.run(lambda r: os.chmod(r / "f", 0o1755), ["f"], user=(T1, T1))
+
+
+def test_posix_fallocate(pair):
+    def falloc(r):
+        fd = os.open(r / "f", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            os.posix_fallocate(fd, 0, 100000)
+            return os.fstat(fd).st_size, os.pread(fd, 10, 50000)
+        finally:
+            os.close(fd)
+    pair.run(falloc, ["f"])
+
+
+def test_running_executable_is_text_busy(pair):
+    pair.setup(lambda r: (shutil.copy("/bin/sleep", r / "sleep"), os.chmod(r / "sleep", 0o755)))
+
+    def busy(r):
+        proc = subprocess.Popen([str(r / "sleep"), "30"])
+        try:
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:  # until the exec has replaced the forked child
+                try:
+                    if os.readlink(f"/proc/{proc.pid}/exe").endswith("/sleep"):
+                        break
+                except OSError:
+                    pass
+            return [outcome(lambda: os.close(os.open(r / "sleep", os.O_WRONLY))),
+                    outcome(lambda: os.truncate(r / "sleep", 0))]
+        finally:
+            proc.kill()
+            proc.wait()
+    pair.run(busy, ["sleep"])
