@@ -206,3 +206,53 @@ def test_once_with_rebuild(workdir: Path):
     assert "0 indexed, 1 removed" in r.stderr
     r = run([AGENTFS, "index", "-w", str(ws.root), "--once", "--rebuild"], timeout=120)
     assert "3 files seen, 3 indexed, 0 removed" in r.stderr
+
+
+def test_audit_feed_reports_changed_paths(workdir: Path):
+    from agentfs.search.feed import AuditFeed
+    from agentfs.store import audit_log, db
+
+    ws = make_workspace(workdir, POLICY)
+    feed = AuditFeed.open(ws)
+    assert feed is not None and feed.head() == 0
+    conn = db.connect(ws)
+    try:
+        recs = [audit_log.NewRecord(1, "writer", 2902, 1, op, path, new, result, None)
+                for op, path, new, result in (("write", "/drafts/a.md", None, "ok"),
+                                              ("rename", "/drafts/b.md", "/drafts/c.md", "ok"),
+                                              ("unlink", "/drafts/d.md", None, "EACCES"))]
+        audit_log.append(conn, recs, "genesis", lambda prev, seq, r: f"h{seq}")
+    finally:
+        conn.close()
+    paths, seq = feed.changes(0)
+    assert paths == ["/drafts/a.md", "/drafts/b.md", "/drafts/c.md"] and seq == 3
+    assert feed.changes(seq) == ([], 3)
+    feed.close()
+
+
+def test_changes_through_a_mount_are_searchable_within_seconds(workdir: Path):
+    from conftest import OPEN_POLICY, mounted
+
+    ws = make_workspace(workdir, OPEN_POLICY + '\n[search]\nembedder = "none"\n')
+    proc = _start(ws)
+    try:
+        with mounted(ws, workdir / "mnt") as m:
+            # Give the sidecar a moment to notice the mount and trust the feed.
+            times = []
+            for i in range(3):
+                word = f"pomegranate{i}x"
+                t0 = time.monotonic()
+                with open(m.path / f"f{i}.md", "w") as f:
+                    f.write(f"# Fruit\n\n{word}\n")
+                wait_for(lambda: f"/f{i}.md" in _paths(query(ws.root, word)), timeout=15,
+                         what="a file written through the mount to be searchable")
+                times.append(time.monotonic() - t0)
+            os.rename(m.path / "f0.md", m.path / "g0.md")
+            wait_for(lambda: _paths(query(ws.root, "pomegranate0x")) == {"/g0.md"}, timeout=15,
+                     what="a rename through the mount")
+            os.unlink(m.path / "g0.md")
+            wait_for(lambda: not _paths(query(ws.root, "pomegranate0x")), timeout=15,
+                     what="a delete through the mount")
+            assert sorted(times)[1] < 5, times
+    finally:
+        _stop(proc)

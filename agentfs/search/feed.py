@@ -25,8 +25,9 @@ class AuditFeed:
 
     def __init__(self, ws: Workspace, records: Any, head: Any) -> None:
         self.ws = ws
-        self._records = records  # (ws, after_seq) -> iterator of dicts
+        self._records = records  # (ws, after_seq, conn=) -> iterator of dicts
         self._head = head        # (ws) -> newest seq
+        self._conn: Any = None   # one read-only state connection, reused while polling
 
     @classmethod
     def open(cls, ws: Workspace) -> "AuditFeed | None":
@@ -57,7 +58,14 @@ class AuditFeed:
         """(changed paths, last seq read) for records after `after_seq`."""
         paths: list[str] = []
         last = after_seq
-        for n, rec in enumerate(self._records(self.ws, after_seq)):
+        if self._conn is None:
+            self._conn = _connect_state(self.ws)
+        try:
+            records = list(self._records(self.ws, after_seq, conn=self._conn, limit=limit))
+        except Exception:
+            self.close()
+            raise
+        for rec in records:
             last = max(last, int(rec.get("seq", last)))
             result = str(rec.get("result", "ok"))
             if result not in ("ok", "0") or rec.get("op") in _CHANGE_OPS_IGNORED:
@@ -66,9 +74,12 @@ class AuditFeed:
                 p = rec.get(key)
                 if p and isinstance(p, str) and p.startswith("/"):
                     paths.append(p)
-            if n + 1 >= limit:
-                break
         return paths, last
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
 
 def _connect_state(ws: Workspace):  # type: ignore[no-untyped-def]
@@ -77,14 +88,13 @@ def _connect_state(ws: Workspace):  # type: ignore[no-untyped-def]
     return db.connect(ws, readonly=True, timeout=5.0)
 
 
-def _store_records(ws: Workspace, after_seq: int) -> Iterator[dict[str, Any]]:
+def _store_records(ws: Workspace, after_seq: int, *, conn: Any, limit: int) -> Iterator[dict[str, Any]]:
     from agentfs.store import audit_log
 
-    conn = _connect_state(ws)
-    try:
-        yield from audit_log.iter_all(conn, after_seq=after_seq)
-    finally:
-        conn.close()
+    for n, rec in enumerate(audit_log.iter_all(conn, after_seq=after_seq)):
+        if n >= limit:
+            return
+        yield rec
 
 
 def _store_head(ws: Workspace) -> int:
