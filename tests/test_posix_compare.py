@@ -874,3 +874,17 @@ def test_running_executable_is_text_busy(pair):
             proc.kill()
             proc.wait()
     pair.run(busy, ["sleep"])
+
+
+def test_only_user_xattrs_pass_through(live):
+    """A deliberate difference: trusted.* and security.* stay out of the mount (root could set them natively)."""
+    m, _ = live
+    p = m.path / "xattr-namespaces"
+    p.write_bytes(b"")
+    for name in ("trusted.k", "security.k"):
+        assert outcome(lambda n=name: os.setxattr(p, n, b"v")) == ("err", "ENOTSUP"), name
+        assert outcome(lambda n=name: os.removexattr(p, n)) == ("err", "ENOTSUP"), name
+    assert outcome(lambda: os.getxattr(p, "trusted.k")) == ("err", "ENOTSUP")
+    assert outcome(lambda: os.getxattr(p, "security.k")) == ("err", "ENODATA")
+    assert outcome(lambda: os.getxattr(p, "security.capability")) == ("err", "ENODATA")
+    assert outcome(lambda: os.setxattr(p, "system.k", b"v")) == ("err", "ENOTSUP")

@@ -623,9 +623,11 @@ class Operations(pyfuse3.Operations):
 
     # ----- extended attributes -------------------------------------------
 
-    def _xattr_target(self, inode: int, name: bytes | None) -> tuple[Inode, str]:
+    def _xattr_target(self, inode: int, name: bytes | None, reading: bool = False) -> tuple[Inode, str]:
         if name is not None and not name.startswith(b"user."):
-            raise pyfuse3.FUSEError(errno.EOPNOTSUPP if not name.startswith(b"security.") else pyfuse3.ENOATTR)
+            # Only user.* passes through: reading security.* finds nothing, anything else is unsupported.
+            missing = reading and name.startswith(b"security.")
+            raise pyfuse3.FUSEError(pyfuse3.ENOATTR if missing else errno.EOPNOTSUPP)
         node = self.inodes.get(inode)
         if node.kind == stat_mod.S_IFLNK:
             raise pyfuse3.FUSEError(errno.EPERM if name is not None else pyfuse3.ENOATTR)
@@ -645,7 +647,7 @@ class Operations(pyfuse3.Operations):
         if not self.gov.visible(caller, path):
             raise pyfuse3.FUSEError(errno.ENOENT)
         self.gov.require(caller, "getxattr", path, "r")
-        node, target = self._xattr_target(inode, name)
+        node, target = self._xattr_target(inode, name, reading=True)
         if node.kind == stat_mod.S_IFLNK:
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
         return os.getxattr(target, os.fsdecode(name))
