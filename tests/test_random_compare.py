@@ -150,3 +150,30 @@ def test_random_sequence_as_a_user(live, seed):
 @pytest.mark.parametrize("seed", range(100, 103))
 def test_long_random_sequence(live, seed):
     run_sequence(_pair(live, f"long{seed}"), seed, 3000)
+
+
+def test_tar_round_trip_gives_the_same_tree(live, tmp_path):
+    """Real tools end to end: tar -x of a tree with hard links, symlinks, odd modes; tar -c back."""
+    src = tmp_path / "src"
+    shutil.copytree("/usr/lib/python3.11/email", src / "email", symlinks=True)
+    (src / "modes").mkdir()
+    for mode in (0o600, 0o4755, 0o2711, 0o1777, 0o444):
+        f = src / "modes" / oct(mode)
+        f.write_bytes(oct(mode).encode())
+        os.chmod(f, mode)
+    os.link(src / "modes" / oct(0o444), src / "hardlink")
+    os.symlink("email/__init__.py", src / "symlink")
+    os.mkfifo(src / "fifo")
+    os.setxattr(src / "hardlink", "user.tag", b"kept")
+    archive = tmp_path / "t.tar"
+    import subprocess
+    subprocess.run(["tar", "--xattrs", "-cf", str(archive), "-C", str(src), "."], check=True)
+    pair = _pair(live, "tar")
+    for root in pair.roots:
+        subprocess.run(["tar", "--xattrs", "--xattrs-include=user.*", "-xpf", str(archive), "-C", str(root)],
+                       check=True)
+    pair.same_tree()
+    listings = [subprocess.run(["tar", "-tvf", "-", "."], input=subprocess.run(
+        ["tar", "-cf", "-", "-C", str(root), "."], check=True, capture_output=True).stdout,
+        capture_output=True, check=True).stdout for root in pair.roots]
+    assert listings[0] == listings[1]
