@@ -23,6 +23,7 @@ from agentfs.search.vectors import VectorCache
 RRF_K = 60
 CANDIDATES = 100
 SNIPPET_CHARS = 400
+MAX_QUERY_WORDS = 64  # a pasted page must not become a 1000-term OR query
 _WORD = re.compile(r"\w+", re.UNICODE)
 # Words that match nearly every chunk: they add little to BM25 but make FTS5
 # score most of the index (a 12-word question went from 80 to 24 ms at 100k).
@@ -62,7 +63,7 @@ def fts_query(text: str) -> str | None:
     if not words:
         return None
     words = [w for w in words if w not in STOPWORDS] or words
-    return " OR ".join(f'"{w}"' for w in dict.fromkeys(words))
+    return " OR ".join(f'"{w}"' for w in list(dict.fromkeys(words))[:MAX_QUERY_WORDS])
 
 
 class QueryCache:
