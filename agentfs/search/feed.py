@@ -38,11 +38,6 @@ class AuditFeed:
                 break
             except (ImportError, AttributeError):
                 continue
-        try:
-            from agentfs.store import audit_log  # noqa: F401
-        except ImportError:
-            if records is _store_records:
-                return None
         feed = cls(ws, records, _store_head)
         try:
             feed.head()
