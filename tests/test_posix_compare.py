@@ -888,3 +888,20 @@ def test_only_user_xattrs_pass_through(live):
     assert outcome(lambda: os.getxattr(p, "security.k")) == ("err", "ENODATA")
     assert outcome(lambda: os.getxattr(p, "security.capability")) == ("err", "ENODATA")
     assert outcome(lambda: os.setxattr(p, "system.k", b"v")) == ("err", "ENOTSUP")
+
+
+def test_o_direct_file_can_be_mapped(pair):
+    def mapped(r):
+        _write(r / "f", b"m" * 8192)
+        fd = os.open(r / "f", os.O_RDWR | os.O_DIRECT)
+        try:
+            with mmap.mmap(fd, 8192) as mm:
+                mm[:4] = b"MMAP"
+                mm.flush()
+                first = mm[:8]
+            buf = mmap.mmap(-1, 4096)
+            n = os.preadv(fd, [buf], 0)
+            return first, n, buf[:8], outcome(lambda: os.pread(fd, 10, 1))
+        finally:
+            os.close(fd)
+    pair.run(mapped, ["f"])

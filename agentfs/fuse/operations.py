@@ -456,7 +456,9 @@ class Operations(pyfuse3.Operations):
             del self._handles[fh]
             os.close(fd)
             raise
-        return pyfuse3.FileInfo(fh=fh, direct_io=direct, keep_cache=not direct)
+        # The kernel sends a client's O_DIRECT I/O straight to us without FOPEN_DIRECT_IO;
+        # setting that would only break mmap of the file (ENODEV), which works natively.
+        return pyfuse3.FileInfo(fh=fh, direct_io=False, keep_cache=not direct)
 
     @handler
     async def create(self, parent: int, name: bytes, mode: int, flags: int,
