@@ -21,7 +21,7 @@ import click
 from agentfs.cli._common import resolve_workspace, workspace_option
 from agentfs.core.identity import announce_session, find_session, process_start_time
 from agentfs.core.policy import Policy
-from agentfs.errors import AgentfsError
+from agentfs.errors import AgentfsError, WorkspaceError
 from agentfs.store import db
 from agentfs.store import sessions as store
 
@@ -58,9 +58,11 @@ def run_cmd(agent: str, workspace_opt: str | None, user: str | None, command: tu
     """Run COMMAND (after --) as agent NAME; it and all its descendants keep that identity."""
     try:
         ws = resolve_workspace(workspace_opt)
-    except PermissionError:
+    except (PermissionError, WorkspaceError) as e:
+        if os.geteuid() == 0:
+            raise
         raise AgentfsError("cannot read the workspace: only root or the workspace owner "
-                           "may start agents with agentfs run") from None
+                           "may start agents with agentfs run") from e
     euid = os.geteuid()
     owner = os.stat(ws.root).st_uid
     if euid not in (0, owner):
