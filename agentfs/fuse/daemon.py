@@ -29,6 +29,8 @@ from agentfs.workspace import FSNAME_PREFIX, Workspace
 
 log = logging.getLogger(__name__)
 
+MAX_WORKERS = 1024
+
 
 @dataclass
 class MountSpec:
@@ -153,7 +155,9 @@ async def _main(ops: Any, gov: Any, ready_fd: int | None) -> None:
         nursery.start_soon(_signals, gov, nursery.cancel_scope)
         _report(ready_fd, "READY")
         sd_notify("READY=1")
-        await pyfuse3.main(min_tasks=4, max_tasks=64)
+        # Requests blocked on another agent's lock hold a worker until they
+        # time out; a high ceiling keeps the rest of the daemon answering.
+        await pyfuse3.main(min_tasks=4, max_tasks=MAX_WORKERS)
         nursery.cancel_scope.cancel()
     await gov.aclose()
 
