@@ -286,3 +286,35 @@ def test_helper_sees_a_dead_mount(ws, workdir):
         with pytest.raises(AssertionError):
             healthy(m)
         assert _try(lambda: os.listdir(Path("/"))) == "ok"
+
+
+def _fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def test_forgotten_inodes_release_their_descriptors(mount):
+    """Each inode the kernel knows pins a descriptor; when the kernel forgets, they must all go."""
+    base = _fds(mount.pid)
+    d = mount.path / "many"
+    d.mkdir()
+    for i in range(1000):
+        p = d / f"f{i}"
+        p.write_bytes(b"x")
+        if i % 3 == 0:
+            os.link(p, d / f"h{i}")
+        if i % 5 == 0:
+            os.symlink(f"f{i}", d / f"s{i}")
+    for e in os.scandir(d):
+        e.stat(follow_symlinks=False)
+    assert _fds(mount.pid) > base + 150  # descriptors are opened lazily, not for every entry
+    for e in list(os.scandir(d)):
+        os.unlink(e.path)
+    os.rmdir(d)
+
+    def settled() -> bool:
+        Path("/proc/sys/vm/drop_caches").write_text("2")
+        return _fds(mount.pid) < base + 50
+    wait_for(settled, timeout=20, interval=0.2, what="descriptors released after the kernel forgot the inodes")
+    (mount.path / "after").write_bytes(b"still works")
+    assert (mount.path / "after").read_bytes() == b"still works"
+    healthy(mount)
