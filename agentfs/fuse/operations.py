@@ -475,6 +475,11 @@ class Operations(pyfuse3.Operations):
         except FileExistsError:
             if flags & os.O_EXCL:
                 raise
+            # The name exists after all (hidden from the caller, or made meanwhile): c on
+            # the name is no right to open, truncate or append to someone else's file.
+            acc = flags & os.O_ACCMODE
+            need = ("r" if acc in (os.O_RDONLY, os.O_RDWR) else "") + ("w" if _fd_for_write(flags) else "")
+            self.gov.require(caller, "open", path, need)
             created = False
             fd = os.open(nm, base, dir_fd=pfd)
         try:
@@ -490,7 +495,7 @@ class Operations(pyfuse3.Operations):
             raise
         if created:
             await self.gov.record(caller, "create", path, details={"mode": oct(stat_mod.S_IMODE(st.st_mode))})
-        fi = await self._opened(fd, node, caller, path, flags, True, created)
+        fi = await self._opened(fd, node, caller, path, flags, created or _fd_for_write(flags), created)
         return fi, self._entry(node, st, path)
 
     @handler
