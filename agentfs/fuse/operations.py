@@ -204,9 +204,19 @@ class Operations(pyfuse3.Operations):
             return await self.virtual.getattr(inode, self._caller(ctx))
         node = self.inodes.get(inode)
         path = self._path(inode)
-        if not self.gov.visible(self._caller(ctx), path, node.is_dir):
+        caller = self._caller(ctx)
+        if not self.gov.visible(caller, path, node.is_dir) and not self._holds_open(caller, inode):
             raise pyfuse3.FUSEError(errno.ENOENT)
         return self._entry(node, os.stat(self._fd(node)), path)
+
+    def _holds_open(self, caller: Caller, ino: int) -> bool:
+        """The caller's agent has this file open, e.g. one it just made in a drop box it may not read.
+
+        The kernel refreshes attributes (as the caller) while opening and on
+        fstat; refusing them would fail the very create that the policy allowed.
+        """
+        return any(isinstance(h, FileHandle) and h.ino == ino and h.caller.agent == caller.agent
+                   for h in self._handles.values())
 
     @handler
     async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields,
