@@ -14,6 +14,7 @@ import functools
 import logging
 import os
 import stat as stat_mod
+import threading
 from typing import Any, Awaitable, Callable, Sequence
 
 import pyfuse3
@@ -73,6 +74,23 @@ def _fd_for_write(flags: int) -> bool:
     return (flags & os.O_ACCMODE) != os.O_RDONLY or bool(flags & os.O_TRUNC)
 
 
+def _open_taken_name(name: str, flags: int, dir_fd: int) -> int:
+    """Open a name that create() found taken, if it is a regular file or directory.
+
+    The name may have become a FIFO or a device since the kernel's lookup: opened
+    here as root, a FIFO would block the whole daemon and a device would be served
+    through a regular file handle. Those answer ENXIO, as opening a socket does.
+    """
+    fd = os.open(name, flags | os.O_NONBLOCK | os.O_NOCTTY, dir_fd=dir_fd)
+    kind = stat_mod.S_IFMT(os.fstat(fd).st_mode)
+    if kind not in (stat_mod.S_IFREG, stat_mod.S_IFDIR):
+        os.close(fd)
+        raise OSError(errno.ENXIO, os.strerror(errno.ENXIO))
+    if not flags & os.O_NONBLOCK:
+        os.set_blocking(fd, True)
+    return fd
+
+
 class Operations(pyfuse3.Operations):
     supports_dot_lookup = False
     enable_writeback_cache = False
@@ -85,6 +103,38 @@ class Operations(pyfuse3.Operations):
         self.virtual = virtual
         self._handles: dict[int, FileHandle | DirHandle] = {}
         self._next_fh = 1
+        holder = getattr(self.gov, "holder", None)
+        if holder is not None:
+            holder.add_listener(lambda _policy: self._forget_kernel_entries())
+
+    def _forget_kernel_entries(self) -> None:
+        """After a policy change, make the kernel forget every entry it cached.
+
+        Their timeouts were chosen under the old policy: an entry every agent
+        saw alike was cached long, and would keep showing a path to an agent
+        that may no longer see it. invalidate_entry blocks while a related
+        request is in flight, so it runs in a thread of its own.
+        """
+        for _ in range(3):
+            try:
+                entries = list(self.inodes._children)
+                break
+            except RuntimeError:  # the table changed under us; take another snapshot
+                continue
+        else:
+            return
+
+        def forget() -> None:
+            for parent, name in entries:
+                try:
+                    pyfuse3.invalidate_entry(parent, os.fsencode(name))
+                except OSError:
+                    pass  # the kernel no longer knows it: nothing to forget
+                except Exception:
+                    log.exception("cannot invalidate %r in %d", name, parent)
+                    return
+
+        threading.Thread(target=forget, name="agentfs-forget", daemon=True).start()
 
     # ----- helpers -------------------------------------------------------
 
@@ -491,7 +541,7 @@ class Operations(pyfuse3.Operations):
             need = ("r" if acc in (os.O_RDONLY, os.O_RDWR) else "") + ("w" if _fd_for_write(flags) else "")
             self.gov.require(caller, "open", path, need)
             created = False
-            fd = os.open(nm, base, dir_fd=pfd)
+            fd = _open_taken_name(nm, base, pfd)
         try:
             if created:
                 uid, gid = self._owner(pfd, ctx)
