@@ -318,3 +318,50 @@ def test_forgotten_inodes_release_their_descriptors(mount):
     (mount.path / "after").write_bytes(b"still works")
     assert (mount.path / "after").read_bytes() == b"still works"
     healthy(mount)
+
+
+def test_create_never_opens_a_fifo_or_device_that_took_the_name(tmp_path):
+    """create() finding its name taken opens it as root: a FIFO there would block the whole daemon.
+
+    The kernel looks a name up before it sends create, so only a race (a name
+    swapped in between) gets here; the handler is called directly to hit it
+    every time.
+    """
+    import stat as stat_mod
+
+    import pyfuse3
+    import trio
+
+    from agentfs.fuse.operations import Operations
+
+    root = tmp_path / "data"
+    root.mkdir()
+    os.mkfifo(root / "fifo")
+    os.mknod(root / "dev", 0o666 | stat_mod.S_IFCHR, os.makedev(1, 5))
+    (root / "dir").mkdir()
+    (root / "file").write_bytes(b"regular")
+    ops = Operations(os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC))
+
+    class Ctx:
+        uid, gid, pid, umask = 0, 0, os.getpid(), 0o022
+
+    results: dict[bytes, object] = {}
+
+    async def main() -> None:
+        for name in (b"fifo", b"dev", b"dir", b"file"):
+            for flags in (os.O_WRONLY, os.O_RDONLY):
+                try:
+                    fi, _ = await ops.create(pyfuse3.ROOT_INODE, name, 0o100644, os.O_CREAT | flags, Ctx())
+                    await ops.release(fi.fh)
+                    results[name] = "opened"
+                except pyfuse3.FUSEError as e:
+                    results[name] = errno.errorcode[e.errno]
+
+    th = threading.Thread(target=trio.run, args=(main,), daemon=True)
+    th.start()
+    th.join(10)
+    if th.is_alive():
+        os.close(os.open(root / "fifo", os.O_RDONLY | os.O_NONBLOCK))  # release the blocked open
+        th.join(5)
+        pytest.fail("create() blocked on a FIFO")
+    assert results == {b"fifo": "ENXIO", b"dev": "ENXIO", b"dir": "EISDIR", b"file": "opened"}, results

@@ -75,19 +75,27 @@ def _fd_for_write(flags: int) -> bool:
 
 
 def _open_taken_name(name: str, flags: int, dir_fd: int) -> int:
-    """Open a name that create() found taken, if it is a regular file or directory.
+    """Open a name that create() found taken, if it is a regular file.
 
     The name may have become a FIFO or a device since the kernel's lookup: opened
     here as root, a FIFO would block the whole daemon and a device would be served
-    through a regular file handle. Those answer ENXIO, as opening a socket does.
+    through a regular file handle. Those answer ENXIO (as opening a socket does), a
+    directory EISDIR (as open(O_CREAT) of one does natively).
     """
+    def check(mode: int) -> None:
+        if not stat_mod.S_ISREG(mode):
+            e = errno.EISDIR if stat_mod.S_ISDIR(mode) else errno.ENXIO
+            raise OSError(e, os.strerror(e))
+
+    check(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
     fd = os.open(name, flags | os.O_NONBLOCK | os.O_NOCTTY, dir_fd=dir_fd)
-    kind = stat_mod.S_IFMT(os.fstat(fd).st_mode)
-    if kind not in (stat_mod.S_IFREG, stat_mod.S_IFDIR):
+    try:
+        check(os.fstat(fd).st_mode)  # swapped in between: never served
+        if not flags & os.O_NONBLOCK:
+            os.set_blocking(fd, True)
+    except BaseException:
         os.close(fd)
-        raise OSError(errno.ENXIO, os.strerror(errno.ENXIO))
-    if not flags & os.O_NONBLOCK:
-        os.set_blocking(fd, True)
+        raise
     return fd
 
 
