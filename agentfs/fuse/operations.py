@@ -736,6 +736,7 @@ class Operations(pyfuse3.Operations):
         caller = self._caller(ctx)
         if not self.gov.visible(caller, path):
             raise pyfuse3.FUSEError(errno.ENOENT)
+        self.gov.require(caller, "listxattr", path, "r")  # names are content too, as for getxattr
         if node.kind == stat_mod.S_IFLNK:
             return []
         names = os.listxattr(proc_path(self._fd(node)))
