@@ -249,7 +249,10 @@ def test_l_right_lock_through_the_xattr(env):
     bob = env.bob
     assert bob.err(LOCK, p=env.p("only_r/f.txt")) == "EACCES"
     assert bob.err("os.getxattr(p, 'user.agentfs.lock')", p=env.p("only_r/f.txt")) == "ENODATA"
-    bob.ok(LOCK, p=env.p("rl/f.txt"))
+    refused = run(["setfattr", "-n", "user.agentfs.lock", "-v", "exclusive", env.p("only_r/f.txt")],
+                  user="agentfs-t2", check=False)
+    assert refused.returncode != 0 and "denied" in refused.stderr.lower(), refused.stderr
+    run(["setfattr", "-n", "user.agentfs.lock", "-v", "exclusive", env.p("rl/f.txt")], user="agentfs-t2")
     try:
         held = bob.ok("os.getxattr(p, 'user.agentfs.lock').decode()", p=env.p("rl/f.txt"))
         assert "exclusive" in held and "bob" in held
@@ -339,6 +342,10 @@ def test_dedicated_mount_serves_everyone_as_its_agent(env):
     bm = env.bob_mnt.path
     who = run([AGENTFS, "whoami", "--json", str(bm)])
     assert json.loads(who.stdout)["agent"] == "bob"
+    # a process tag does not matter there: the mount decides
+    tagged = run([AGENTFS, "run", "--agent", "alice", "-w", str(env.ws.root), "--", "sh", "-c",
+                  f"cat {bm}/.agentfs/whoami; cat {env.mnt.path}/.agentfs/whoami"]).stdout
+    assert "agent: bob\nuid: 0" in tagged and "agent: alice\nuid: 0" in tagged, tagged
     # root is the supervisor on the shared mount, but bob on bob's mount
     assert "alice" in os.listdir(env.mnt.path)
     assert "alice" not in os.listdir(bm)
