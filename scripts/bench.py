@@ -50,6 +50,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="another governed mount with this policy (repeatable); shown against governed")
     ap.add_argument("--mount-arg", action="append", default=[], metavar="TARGET=ARG",
                     help="extra `agentfs mount` argument for a mount target (repeatable)")
+    ap.add_argument("--rm-files", type=int, help="files in the rm_rf tree (default 20,000; 2,000 with --quick)")
     ap.add_argument("--dir", type=Path, help="base directory (default: a new one in /var/tmp); "
                                              "native and workspaces share its filesystem")
     ap.add_argument("--keep", action="store_true", help="keep the base directory afterwards")
@@ -100,13 +101,22 @@ def measure(ctx: wl.Ctx, works: list[wl.Workload], tgts: list[targets.Target], r
         res[w.name] = {t.name: {"runs": [], "details": []} for t in tgts}
         for rep in range(repeat):
             for t in tgts:
-                d = t.root / "bench"
-                d.mkdir(exist_ok=True)
-                setup_info = w.setup(ctx, d) if w.setup else None
-                t0 = time.perf_counter()
-                info = w.run(ctx, d)
-                dt = time.perf_counter() - t0
                 r = res[w.name][t.name]
+                if r.get("error"):
+                    continue
+                d = t.root / "bench"
+                phase = "setup"
+                try:
+                    d.mkdir(exist_ok=True)
+                    setup_info = w.setup(ctx, d) if w.setup else None
+                    phase = "run"
+                    t0 = time.perf_counter()
+                    info = w.run(ctx, d)
+                    dt = time.perf_counter() - t0
+                except Exception as e:  # a failing target is reported, the others still measured
+                    r["error"] = f"{phase}: {e}"[:300]
+                    log.warning("%-12s %-10s repeat %d: FAILED in %s", w.name, t.name, rep + 1, r["error"])
+                    continue
                 r["runs"].append(dt)
                 r["details"].append({**(setup_info or {}), **(info or {})})
                 log.info("%-12s %-10s repeat %d: %.3f s", w.name, t.name, rep + 1, dt)
@@ -130,11 +140,14 @@ def summarise(works: list[wl.Workload], raw: dict, names: list[str], stat: str) 
     pick = statistics.median if stat == "median" else min
     out = {}
     for w in works:
-        secs = {n: pick(raw[w.name][n]["runs"]) for n in names}
-        ratios = {f"{a}/{b}": secs[a] / secs[b] for a, b in ratio_pairs(names) if secs[b] > 0}
+        ok = [n for n in names if not raw[w.name][n].get("error")]
+        secs = {n: pick(raw[w.name][n]["runs"]) for n in ok}
+        ratios = {f"{a}/{b}": secs[a] / secs[b] for a, b in ratio_pairs(names)
+                  if a in secs and b in secs and secs[b] > 0}
         entry = {"what": w.what, "goal_governed_over_native": w.goal, "seconds": secs, "ratios": ratios,
                  "runs": {n: raw[w.name][n]["runs"] for n in names},
-                 "details": {n: raw[w.name][n]["details"][-1] for n in names}}
+                 "details": {n: raw[w.name][n]["details"][-1] for n in ok},
+                 "errors": {n: raw[w.name][n]["error"] for n in names if n not in ok}}
         g = ratios.get("governed/native")
         if w.goal is not None and g is not None:
             entry["goal_met"] = g <= w.goal
@@ -152,13 +165,15 @@ def table(summary: dict, names: list[str], stat: str) -> str:
             goal = f"<= {e['goal_governed_over_native']:g}x"
             if "goal_met" in e:
                 goal += " ok" if e["goal_met"] else " MISSED"
-        rows.append([name] + [f"{e['seconds'][n]:.3f}" for n in names]
+        rows.append([name] + [f"{e['seconds'][n]:.3f}" if n in e["seconds"] else "ERROR" for n in names]
                     + [f"{e['ratios'][p]:.2f}x" if p in e["ratios"] else "-" for p in pairs] + [goal])
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     lines = ["  ".join(c.ljust(widths[i]) if i == 0 else c.rjust(widths[i]) for i, c in enumerate(r))
              for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines) + f"\n({stat} of the repeats; ratios are time / time, lower is better)"
+    errors = [f"{name} on {n}: {msg}" for name, e in summary.items() for n, msg in e["errors"].items()]
+    return "\n".join(lines + [f"ERROR {x}" for x in errors]) + \
+        f"\n({stat} of the repeats; ratios are time / time, lower is better)"
 
 
 def machine() -> dict:
@@ -214,7 +229,10 @@ def main(argv: list[str] | None = None) -> int:
     os.chmod(base, 0o755)
     tgts = build_targets(a, base)
     names = [t.name for t in tgts]
-    ctx = wl.Ctx(wl.Sizes.for_mode(a.quick), base / "cache", wl.can_drop_caches())
+    sizes = wl.Sizes.for_mode(a.quick)
+    if a.rm_files:
+        sizes.nm_packages = max(1, a.rm_files // 20)
+    ctx = wl.Ctx(sizes, base / "cache", wl.can_drop_caches())
     started = datetime.datetime.now(datetime.timezone.utc)
     t_start = time.monotonic()
     load_start = os.getloadavg()

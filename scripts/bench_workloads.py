@@ -213,6 +213,9 @@ def find_names(ctx: Ctx, d: Path) -> None:
 def rm_setup(ctx: Ctx, d: Path) -> dict:
     assert ctx.nm_tar is not None
     _rm(d / "node_modules")
+    # Start each repeat with the same, empty kernel caches (fair to every target,
+    # and a mount's daemon then holds no descriptors for earlier workloads' files).
+    ctx.drop_caches()
     sh("tar", "-xf", str(ctx.nm_tar), "-C", str(d))
     os.sync()
     return {"files": ctx.sizes.nm_packages * 20}
