@@ -48,10 +48,12 @@ def coalesce_ranges(ranges: Iterable[tuple[int, int] | list[int]]) -> list[tuple
     return [(s, e) for s, e in out]
 
 
-def _write_only(fd: int) -> bool:
+def _needs_reopen(fd: int) -> bool:
+    """A write-only fd cannot be read; an O_DIRECT one only into aligned buffers."""
     import fcntl
 
-    return fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_WRONLY
+    flags = fcntl.fcntl(fd, fcntl.F_GETFL)
+    return flags & os.O_ACCMODE == os.O_WRONLY or bool(flags & getattr(os, "O_DIRECT", 0))
 
 
 class ContentHasher:
@@ -80,10 +82,11 @@ class ContentHasher:
     def hash_fd(self, fd: int) -> str:
         """Blocking: hash the whole file behind `fd` with pread (the fd offset is untouched).
 
-        A write-only fd cannot be read, so the file is reopened for reading
-        through /proc/self/fd (the same inode, whatever happened to its name).
+        A write-only (or O_DIRECT) fd is not read directly: the file is
+        reopened for plain reading through /proc/self/fd (the same inode,
+        whatever happened to its name).
         """
-        if _write_only(fd):
+        if _needs_reopen(fd):
             rfd = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
             try:
                 return self._hash_readable(rfd)
