@@ -13,6 +13,7 @@ any listing, no size, and alice's files are intact afterwards.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -154,6 +155,11 @@ def test_guessed_names_answer_alike_whether_they_exist_or_not(arena):
         assert m.err("os.rename(a, b)", a=f"{mnt}/mallory", b=f"{mnt}/{top}") == "EACCES"
     assert "alice" not in m.ok(LIST, p=str(mnt))
     assert m.ok(LIST, p=f"{mnt}/inbox") == []
+    # the operator sees that mallory knew the names: her guesses of hidden paths are audited denials
+    audit = run([AGENTFS, "audit", "-w", str(ws.root), "--agent", "mallory", "--json"]).stdout
+    denied = {json.loads(line)["path"] for line in audit.splitlines() if '"ENOENT"' in line}
+    assert {"/alice", "/inbox/from-bob.md"} <= denied, denied
+    assert "/nobody-here" not in denied
 
 
 def test_the_drop_box_takes_new_files_but_never_opens_an_existing_one(arena):

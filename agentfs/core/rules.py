@@ -81,6 +81,11 @@ class WorkspaceGovernor:
             self._deny(caller, op, path, errno.EACCES, {"reason": "runaway cooling-off"})
             raise Denied(errno.EACCES, f"{caller.agent} is cooling off after a runaway")
 
+    def hidden(self, caller: Caller, op: str, path: str) -> None:
+        """Record that a caller named an existing path it may not see (it is answered ENOENT)."""
+        have = self.holder.current.rights(caller.agent, path)
+        self._deny(caller, op, path, errno.ENOENT, {"need": "r", "have": have.fixed()})
+
     def check_link(self, caller: Caller, src_path: str, new_path: str) -> None:
         """A hard link must not give anyone more rights on the file than its old name did."""
         agent = self.holder.current.link_leak(src_path, new_path)

@@ -242,6 +242,9 @@ class Operations(pyfuse3.Operations):
         pnode, nm, path, caller = self._child_of(parent, name, ctx)
         st = os.stat(nm, dir_fd=self._fd(pnode), follow_symlinks=False)
         if not self.gov.visible(caller, path, stat_mod.S_ISDIR(st.st_mode)):
+            hidden = getattr(self.gov, "hidden", None)
+            if hidden is not None:
+                hidden(caller, "lookup", path)  # audits the denial: the caller knew the name
             raise pyfuse3.FUSEError(errno.ENOENT)
         node = self.inodes.remember(parent, nm, st)
         return self._entry(node, st, path)
