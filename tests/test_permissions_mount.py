@@ -33,6 +33,9 @@ default_agent = "nobody"
 [locks]
 wait_seconds = 0.2
 
+[agents.nobody]
+rules = [{ path = "/pub/**", allow = "r" }]
+
 [agents.supervisor]
 uids = [0]
 rules = [{ path = "/**", allow = "rwcdl" }]
@@ -40,6 +43,7 @@ rules = [{ path = "/**", allow = "rwcdl" }]
 [agents.alice]
 uids = [2901]
 rules = [
+  { path = "/pub/**", allow = "r" },
   { path = "/alice/**", allow = "rwcdl" },
   { path = "/shared/**", allow = "rwcdl" },
   { path = "/only_r/**", allow = "rw" },
@@ -48,6 +52,7 @@ rules = [
 [agents.bob]
 uids = [2902]
 rules = [
+  { path = "/pub/**", allow = "r" },
   { path = "/bob/**", allow = "rwcdl" },
   { path = "/shared/**", allow = "rwcdl" },
   { path = "/only_r/**", allow = "r" },
@@ -79,6 +84,7 @@ TREE = {
     "deep/a/sibling.txt": "sibling\n",
     "deep/other/x.txt": "other\n",
     "bob/": None,
+    "pub/sub/deep.md": "everyone may read this, until it moves\n",
 }
 
 
@@ -377,6 +383,23 @@ def test_a_lock_taken_through_one_mount_holds_on_the_other(env):
         os.removexattr(env.bob_mnt.path / f, "user.agentfs.lock")
     env.alice.ok("open(p, 'a').write('v2\\n')", p=env.p(f))
     assert env.data(f).read_text() == "v1\nv2\n"
+
+
+def test_a_folder_moved_where_an_agent_may_not_look_is_gone_from_inside_too(env):
+    """Everyone sees /pub alike, so the kernel caches it long; moving a folder out must not keep that."""
+    bob = env.bob
+    bob.ok("os.chdir(p)", p=env.p("pub/sub"))
+    try:
+        for _ in range(2):
+            assert bob.ok("os.stat('deep.md').st_size") > 0
+        os.rename(env.mnt.path / "pub/sub", env.mnt.path / "alice/sub")  # the supervisor moves it
+        wait_for(lambda: bob.call("os.stat('deep.md').st_size").get("errno") == "ENOENT", timeout=2,
+                 what="bob's cached entry inside the moved folder to be forgotten")
+        assert bob.err("open('deep.md').read()") == "ENOENT"
+        assert bob.err("os.listdir('.')") == "ENOENT"
+        assert env.alice.ok(READ, p=env.p("alice/sub/deep.md")).startswith("everyone")
+    finally:
+        bob.ok("os.chdir('/')")
 
 
 # ----- escape routes ------------------------------------------------------------------

@@ -465,7 +465,31 @@ class Operations(pyfuse3.Operations):
             self.inodes.exchange(parent_old, no, parent_new, nn)
         else:
             self.inodes.move(parent_old, no, parent_new, nn)
+        moved = [(src, path_new)] + ([(dst, path_old)] if exchange and dst is not None else [])
+        for st, where in moved:
+            if stat_mod.S_ISDIR(st.st_mode) and self.gov.timeout(where) == 0:
+                self._forget_below(self.inodes.child(parent_new if where == path_new else parent_old,
+                                                           nn if where == path_new else no))
         await self.gov.record(caller, "exchange" if exchange else "rename", path_old, path_new)
+
+    def _forget_below(self, node: Inode | None) -> None:
+        """Drop the kernel's entries under a folder that moved to where agents see differently.
+
+        They were cached with timeouts chosen for the old place; a process
+        whose cwd is inside would otherwise stat them by name for that long.
+        """
+        if node is None:
+            return
+        below: dict[int, list[tuple[int, str]]] = {}
+        for parent, name in list(self.inodes._children):
+            below.setdefault(parent, []).append((parent, name))
+        todo = [node.ino]
+        while todo:
+            for parent, name in below.get(todo.pop(), ()):
+                pyfuse3.invalidate_entry_async(parent, os.fsencode(name), ignore_enoent=True)
+                child = self.inodes.child(parent, name)
+                if child is not None and child.is_dir:
+                    todo.append(child.ino)
 
     @handler
     async def link(self, inode: int, new_parent: int, new_name: bytes,
