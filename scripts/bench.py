@@ -55,6 +55,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                              "native and workspaces share its filesystem")
     ap.add_argument("--keep", action="store_true", help="keep the base directory afterwards")
     ap.add_argument("--json", type=Path, metavar="FILE", help="also write the results as JSON")
+    ap.add_argument("--show", type=Path, metavar="FILE", help="print the table of a saved --json FILE and exit")
+    ap.add_argument("--compare", type=Path, metavar="OLD", help="also compare the ratios with a saved --json OLD")
     ap.add_argument("-v", "--verbose", action="store_true")
     return ap.parse_args(argv)
 
@@ -155,6 +157,34 @@ def summarise(works: list[wl.Workload], raw: dict, names: list[str], stat: str) 
     return out
 
 
+def resummarise(doc: dict, stat: str) -> dict:
+    """The summary of a saved run, recomputed from its raw repeats (so --stat can differ)."""
+    names = [t["name"] for t in doc["targets"]]
+    works = [wl.Workload(name, e["what"], e["goal_governed_over_native"], lambda c, d: None)
+             for name, e in doc["workloads"].items()]
+    raw = {name: {n: {"runs": e["runs"].get(n, []), "details": [e["details"].get(n, {})],
+                      "error": e.get("errors", {}).get(n)} for n in names}
+           for name, e in doc["workloads"].items()}
+    return summarise(works, raw, names, stat)
+
+
+def compare(new: dict, old: dict) -> str:
+    """Each ratio of this run beside the same ratio of an older one (e.g. the last release)."""
+    rows = [["workload", "ratio", "old", "new", "change"]]
+    for name, e in new.items():
+        for pair, r in e["ratios"].items():
+            before = old.get(name, {}).get("ratios", {}).get(pair)
+            if before is None:
+                continue
+            rows.append([name, pair, f"{before:.2f}x", f"{r:.2f}x", f"{(r / before - 1) * 100:+.0f}%"])
+    if len(rows) == 1:
+        return "nothing to compare: no workload and ratio in common"
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(widths[i]) if i < 2 else c.rjust(widths[i]) for i, c in enumerate(r)) for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
 def table(summary: dict, names: list[str], stat: str) -> str:
     pairs = [f"{a}/{b}" for a, b in ratio_pairs(names)]
     head = ["workload"] + [f"{n} s" for n in names] + pairs + ["goal"]
@@ -219,6 +249,15 @@ def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     logging.basicConfig(level=logging.INFO if a.verbose else logging.WARNING, format="%(message)s",
                         stream=sys.stderr)
+    if a.show:
+        doc = json.loads(a.show.read_text())
+        summary = resummarise(doc, a.stat)
+        names = [t["name"] for t in doc["targets"]]
+        print(f"{a.show}: {doc['date']}, {doc['git'].get('describe')}, repeat {doc['repeat']}")
+        print(table(summary, names, a.stat))
+        if a.compare:
+            print(compare(summary, resummarise(json.loads(a.compare.read_text()), a.stat)))
+        return 0
     works = selected(a)
     if a.repeat < 1:
         raise SystemExit("--repeat must be at least 1")
@@ -250,6 +289,8 @@ def main(argv: list[str] | None = None) -> int:
     print(table(summary, names, a.stat))
     if not ctx.can_drop_caches and any(w.name == "seq_read" for w in works):
         print("note: the page cache could not be dropped: seq_read read warm caches")
+    if a.compare:
+        print(compare(summary, resummarise(json.loads(a.compare.read_text()), a.stat)))
     if a.json:
         doc = {"schema": 1, "date": started.isoformat(timespec="seconds"),
                "elapsed_s": round(time.monotonic() - t_start, 1), "git": git_info(), "machine": machine(),

@@ -48,6 +48,11 @@ def test_quick_run_prints_a_table_and_writes_json(tmp_path: Path) -> None:
     assert set(sf["ratios"]) == {"bare/native", "governed/native", "governed/bare"}
     assert sf["details"]["governed"]["files"] == 1000
     assert len(sf["runs"]["native"]) == 1
+    shown = subprocess.run([sys.executable, str(BENCH), "--show", str(out), "--stat", "best", "--compare", str(out)],
+                           capture_output=True, text=True, timeout=30)
+    assert shown.returncode == 0, shown.stderr
+    assert "(best of the repeats" in shown.stdout
+    assert "small_files  governed/native" in shown.stdout and "+0%" in shown.stdout
     # everything was unmounted and removed afterwards
     assert str(base) not in Path("/proc/self/mounts").read_text()
     assert not base.exists()
