@@ -128,7 +128,7 @@ def index_all(ws: Workspace, emb, name: str) -> dict[str, float]:
     chunks = db.stats()["chunks"]
     db.close()
     return {"files": stats.seen, "chunks": chunks, "text_seconds": t_text, "embed_seconds": t_emb,
-            "embedded": n_embedded}
+            "embedded": n_embedded, "added": stats.chunks_added}
 
 
 def freshness(ws: Workspace, rounds: int) -> tuple[float, float, str]:
@@ -189,14 +189,17 @@ def main() -> None:
         emb, note = load_embedder(args.embedder)
         print(f"workspace {root}: {len(corpus)} documents, {len(qrels)} test queries; {note}")
         ix = index_all(ws, emb, args.embedder)
-        if ix["embedded"]:
-            print(f"indexing: {ix['files']} files, {ix['chunks']} chunks; text+keywords {ix['text_seconds']:.1f}s "
-                  f"({ix['chunks'] / max(ix['text_seconds'], 1e-9):.0f} chunks/s), embedding "
-                  f"{ix['embedded']} chunks in {ix['embed_seconds']:.1f}s "
-                  f"({ix['embedded'] / ix['embed_seconds']:.1f} chunks/s on {os.cpu_count()} cores)")
+        print(f"indexing: {ix['files']} files, {ix['chunks']} chunks")
+        if ix["added"]:
+            print(f"  text and keywords: {ix['added']} chunks in {ix['text_seconds']:.1f}s "
+                  f"({ix['added'] / max(ix['text_seconds'], 1e-9):.0f} chunks/s)")
         else:
-            print(f"indexing: {ix['files']} files, {ix['chunks']} chunks (already embedded or no embedder); "
-                  f"scan {ix['text_seconds']:.1f}s")
+            print(f"  nothing changed: the scan took {ix['text_seconds']:.2f}s (a stat a file)")
+        if ix["embedded"]:
+            threads = os.environ.get("OPENBLAS_NUM_THREADS", "default")
+            print(f"  embedding: {ix['embedded']} chunks in {ix['embed_seconds']:.1f}s "
+                  f"({ix['embedded'] / ix['embed_seconds']:.1f} chunks/s; {os.cpu_count()} cores, "
+                  f"OPENBLAS_NUM_THREADS={threads})")
         db = IndexDB(ws.index_db)
         embed = emb.embed if emb is not None else None
         global FLOOR
