@@ -921,3 +921,24 @@ def test_removed_directory_still_held_open(pair):
         finally:
             os.close(fd)
     pair.run(go)
+
+
+def test_concurrent_appends_from_two_processes_interleave_whole_records(pair):
+    def appends(r):
+        pids = []
+        for who in (b"A", b"B"):
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    fd = os.open(r / "log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+                    for i in range(500):
+                        os.write(fd, who * 99 + b"\n")
+                    os.close(fd)
+                finally:
+                    os._exit(0)
+            pids.append(pid)
+        for pid in pids:
+            os.waitpid(pid, 0)
+        lines = _read(r / "log").split(b"\n")
+        return len(lines), sorted(set(lines)), sum(1 for x in lines if x == b"A" * 99)
+    pair.run(appends, ["log"])
