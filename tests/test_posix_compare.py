@@ -942,3 +942,20 @@ def test_concurrent_appends_from_two_processes_interleave_whole_records(pair):
         lines = _read(r / "log").split(b"\n")
         return len(lines), sorted(set(lines)), sum(1 for x in lines if x == b"A" * 99)
     pair.run(appends, ["log"])
+
+
+def test_shared_mmap_writes_reach_the_file(pair, live):
+    def mapped(r):
+        _write(r / "m", bytes(16384))
+        fd = os.open(r / "m", os.O_RDWR)
+        try:
+            with mmap.mmap(fd, 16384) as mm:
+                mm[4096:4100] = b"MMAP"
+                mm.flush()
+            return os.pread(fd, 4, 4096), os.fstat(fd).st_size
+        finally:
+            os.close(fd)
+    pair.run(mapped, ["m"])
+    m, _ = live
+    backing = m.ws.data_path / pair.mounted.name / "m"
+    assert backing.read_bytes()[4096:4100] == b"MMAP"
