@@ -97,7 +97,7 @@ def audit(ctx: click.Context, agent: str | None, path_glob: str | None, op: str 
     if ctx.invoked_subcommand is not None:
         ctx.obj = dict(ctx.obj or {}, audit_workspace=workspace_opt)
         return
-    ws = resolve_workspace(workspace_opt)
+    ws = _complete(resolve_workspace(workspace_opt))
     filt: dict[str, Any] = dict(agent=agent, path_glob=path_glob, op=op,
                                 since_ns=parse_time(since) if since else None,
                                 until_ns=parse_time(until) if until else None)
@@ -128,7 +128,20 @@ def audit(ctx: click.Context, agent: str | None, path_glob: str | None, op: str 
 
 
 def _ws(ctx: click.Context, workspace_opt: str | None):
-    return resolve_workspace(workspace_opt or (ctx.obj or {}).get("audit_workspace"))
+    return _complete(resolve_workspace(workspace_opt or (ctx.obj or {}).get("audit_workspace")))
+
+
+def _complete(ws):
+    """Commit what crashed daemons journaled, so the log is whole before it is read."""
+    from agentfs.core.audit import replay_dead_journals
+    from agentfs.store import db
+
+    conn = db.connect(ws)
+    try:
+        replay_dead_journals(ws, conn)
+    finally:
+        conn.close()
+    return ws
 
 
 @audit.command("verify")

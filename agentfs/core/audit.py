@@ -333,24 +333,8 @@ class AuditLog:
         return [seq for seq, _h in out]
 
     def _replay_journals_sync(self) -> int:
-        """Commit what dead daemons journaled but never committed, then delete their journals."""
-        conn = self._conn
-        assert conn is not None
-        total = 0
-        for pid, start, path in audit_journal.journals(self.ws):
-            if (pid, start) == (self._pid, self._start) or proc_start_time(pid) == start:
-                continue
-            entries = []
-            for e in audit_journal.read_entries(path):
-                add = (store.InflightAdd(0, e.daemon_id, e.handle_add, pid, start)
-                       if e.handle_add is not None else None)
-                dele = (e.daemon_id, e.handle_del) if e.handle_del is not None else None
-                entries.append((e.n, e.rec, add, dele))
-            key = audit_journal.key_of(pid, start)
-            total += store.replay_journal(conn, key, entries, GENESIS, record_hash)
-            path.unlink(missing_ok=True)
-            store.forget_journal(conn, key)
-        return total
+        assert self._conn is not None
+        return replay_dead_journals(self.ws, self._conn, skip=(self._pid, self._start))
 
     def _recover_sync(self) -> int:
         """Record every in-flight handle whose daemon is gone as interrupted, and clear it."""
@@ -402,3 +386,26 @@ class AuditLog:
             await self._stopped.wait()
         else:
             self._stopping = True
+
+
+def replay_dead_journals(ws: Workspace, conn: sqlite3.Connection, skip: tuple[int, int] | None = None) -> int:
+    """Commit what dead daemons journaled but never committed, then delete their journals.
+
+    Idempotent (an applied-mark per journal), so a starting daemon and the
+    CLI may both do it: after a crash the log is complete before anyone remounts.
+    """
+    total = 0
+    for pid, start, path in audit_journal.journals(ws):
+        if (pid, start) == skip or proc_start_time(pid) == start:
+            continue
+        entries = []
+        for e in audit_journal.read_entries(path):
+            add = (store.InflightAdd(0, e.daemon_id, e.handle_add, pid, start)
+                   if e.handle_add is not None else None)
+            dele = (e.daemon_id, e.handle_del) if e.handle_del is not None else None
+            entries.append((e.n, e.rec, add, dele))
+        key = audit_journal.key_of(pid, start)
+        total += store.replay_journal(conn, key, entries, GENESIS, record_hash)
+        path.unlink(missing_ok=True)
+        store.forget_journal(conn, key)
+    return total

@@ -19,6 +19,7 @@ import trio
 
 from agentfs.core.audit import AuditEvent, AuditLog
 from agentfs.core.audit_content import ContentHasher
+from agentfs.core.audit_settings import policy_settings
 from agentfs.core.governor import Caller, Denied
 from agentfs.core.identity import IdentityResolver
 from agentfs.core.lock_format import format_lock_xattr, format_locks_listing, parse_lock_xattr
@@ -47,7 +48,7 @@ class WorkspaceGovernor:
         self.identity = IdentityResolver(self.holder, ws, mount_agent)
         self.locks = LockManager(ws, lambda: self.holder.current.settings("locks"),
                                  session_alive=self.identity.session_alive)
-        self.audit = AuditLog(ws, lambda: self.holder.current.settings("audit"),
+        self.audit = AuditLog(ws, policy_settings(self.holder),
                               daemon_id=f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:8]}")
         self.hasher = ContentHasher()
         self._nursery: trio.Nursery | None = None
@@ -109,9 +110,18 @@ class WorkspaceGovernor:
 
     # ----- locks ---------------------------------------------------------
 
-    async def lock_wait(self, caller: Caller, path: str, access: Access, subtree: bool = False) -> None:
+    async def lock_wait(self, caller: Caller, path: str, access: Access, subtree: bool = False,
+                        wait: bool = True) -> None:
+        """EAGAIN on another agent's conflicting lock, after [locks].wait_seconds if `wait`.
+
+        Only requests during which the kernel holds no inode lock may wait
+        (open, opendir): a waiting setattr, create, unlink, rename, link or
+        xattr request keeps its inode (and directory) locked in the kernel,
+        which stalls the holder's own writes, creates and even its unlock for
+        as long as it waits, so those fail at once.
+        """
         try:
-            await self.locks.wait_clear(caller.agent, path, access, subtree)
+            await self.locks.wait_clear(caller.agent, path, access, subtree, None if wait else 0.0)
         except LockConflict as e:
             self._deny(caller, access.value, path, errno.EAGAIN,
                        {"lock": e.lock.agent, "mode": e.lock.mode.value, "on": e.lock.path})
@@ -135,9 +145,12 @@ class WorkspaceGovernor:
         except ValueError as e:
             raise Denied(errno.EINVAL, str(e)) from None
         self.require(caller, "lock", path, "l")
-        wait = float(self.holder.current.settings("locks").get("wait_seconds", 5.0))
         try:
-            lock = await self.locks.acquire(caller.agent, path, mode, ttl, caller.session_id, wait, force)
+            # No wait here: the kernel holds the inode lock of the file while this request
+            # is out, so waiting would keep the holder from unlocking it. A refused request
+            # keeps its place in the queue for a retry (agentfs lock --wait retries).
+            lock = await self.locks.acquire(caller.agent, path, mode, ttl, caller.session_id, 0.0, force,
+                                            queue=True)
         except LockConflict as e:
             # EBUSY, not EAGAIN: the kernel turns a setxattr EAGAIN into EOPNOTSUPP.
             self._deny(caller, "lock", path, errno.EBUSY, {"held_by": e.lock.agent, "mode": e.lock.mode.value})
@@ -169,8 +182,9 @@ class WorkspaceGovernor:
 
     async def record(self, caller: Caller, op: str, path: str, new_path: str | None = None,
                      result: str = "ok", details: dict[str, Any] | None = None) -> None:
-        await self.audit.record(AuditEvent(op, caller.agent, caller.uid, caller.pid, path, new_path,
-                                           result, details))
+        # Durable (journaled) before the syscall is acknowledged; committed with the next group.
+        await self.audit.record_durable(AuditEvent(op, caller.agent, caller.uid, caller.pid, path, new_path,
+                                                   result, details))
         if op == "rename" and new_path is not None:
             self.locks.on_rename(path, new_path)
         elif op == "exchange" and new_path is not None:
@@ -179,7 +193,7 @@ class WorkspaceGovernor:
             self.locks.on_delete(path)
 
     async def open_write(self, caller: Caller, handle: int, path: str) -> None:
-        await self.audit.open_write(handle, AuditEvent("open-w", caller.agent, caller.uid, caller.pid, path))
+        await self.audit.open_write_durable(handle, AuditEvent("open-w", caller.agent, caller.uid, caller.pid, path))
 
     def close_write(self, caller: Caller, handle: int, path: str, stats: dict[str, Any], fd: int) -> None:
         ev = AuditEvent("write", caller.agent, caller.uid, caller.pid, path)
