@@ -147,6 +147,11 @@ def test_children_of_a_tagged_process_are_the_same_agent(idenv):
                                    "text=True).stdout", p=who),
             "double fork": w.ok(DOUBLE_FORK, block=True, p=who),
         }
+        # a thread: FUSE reports its thread id, which must resolve to the tagged process
+        text, tid = w.ok("import threading\nbox = []\nt = threading.Thread(target=lambda: box.append("
+                         "(open(p).read(), threading.get_native_id())))\nt.start()\nt.join()\nresult = box[0]",
+                         block=True, p=who)
+        assert whoami(text)["agent"] == "writer" and int(whoami(text)["pid"]) == tid != root
         for how, text in outs.items():
             me = whoami(text)
             assert me.get("agent") == "writer" and me.get("via") == "session", (how, text)

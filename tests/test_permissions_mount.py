@@ -458,10 +458,25 @@ def test_rename_of_an_own_file_over_a_file_it_may_not_change_is_refused(env):
     assert bob.err("os.rename(a, b)", a=env.p("bob/over.txt"), b=env.p("only_r/f.txt")) == "EACCES"
     # over an invisible file: the target is hidden, so it stays as it is
     assert bob.err("os.rename(a, b)", a=env.p("bob/over.txt"), b=env.p("drafts/secret/plan.md")) == "ENOENT"
+    # nor by swapping the two (RENAME_EXCHANGE needs d and c on both names)
+    for other, code in (("only_r/f.txt", "EACCES"), ("rc/existing.txt", "EACCES"), ("drafts/secret/plan.md", "ENOENT")):
+        assert bob.err(EXCHANGE, block=True, a=env.p("bob/over.txt"), b=env.p(other)) == code, other
     assert env.data("rc/existing.txt").read_text() == "bob may not change this\n"
     assert env.data("only_r/f.txt").read_text() == "read only\n"
     assert env.data("drafts/secret/plan.md").read_text() == "hidden plan\n"
     assert env.data("bob/over.txt").read_text() == "replacement"
+    bob.ok("open(p, 'w').write('swap me')", p=env.p("bob/other.txt"))
+    bob.ok(EXCHANGE, block=True, a=env.p("bob/over.txt"), b=env.p("bob/other.txt"))
+    assert env.data("bob/over.txt").read_text() == "swap me"
+
+
+EXCHANGE = """
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+if libc.renameat2(-100, a.encode(), -100, b.encode(), 2) != 0:
+    e = ctypes.get_errno()
+    raise OSError(e, os.strerror(e))
+"""
 
 
 def test_dot_dot_traversal_from_an_allowed_folder(env):
