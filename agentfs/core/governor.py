@@ -69,8 +69,9 @@ class OpenGovernor:
         """Kernel entry/attr cache time for `path`: 0 where agents see it differently."""
         return self.cache_seconds
 
-    async def lock_wait(self, caller: Caller, path: str, access: Access, subtree: bool = False) -> None:
-        """Wait for, then raise Denied(EAGAIN) on, another agent's conflicting lock."""
+    async def lock_wait(self, caller: Caller, path: str, access: Access, subtree: bool = False,
+                        wait: bool = True) -> None:
+        """Wait for (unless wait=False), then raise Denied(EAGAIN) on, another agent's conflicting lock."""
 
     async def record(self, caller: Caller, op: str, path: str, new_path: str | None = None,
                      result: str = "ok", details: dict[str, Any] | None = None) -> None:

@@ -205,11 +205,15 @@ class LockManager:
     # ---- grants ---------------------------------------------------------
     async def acquire(self, agent: str, path: str, mode: LockMode, ttl: float | None = None,
                       session_id: int | None = None, wait: float = 0.0,
-                      force: bool = False) -> Lock:
+                      force: bool = False, queue: bool = False) -> Lock:
         """Grant, renew, upgrade or downgrade `agent`'s lock; LockConflict after `wait` seconds.
 
         force=True first breaks other agents' locks on exactly this path (the
         caller has checked the `l` right); locks above or below still conflict.
+        queue=True makes a refused request keep a place in the queue for about
+        a second even with wait=0: the FUSE layer must answer a lock request at
+        once (the kernel holds the file's inode lock meanwhile, which would stop
+        the holder's own unlock and writes), and the client's retries keep it.
         """
         path = normalize(path)
         mode = LockMode(mode)
@@ -224,7 +228,7 @@ class LockManager:
                 dead = self._dead_sessions(self._refresh())
                 granted, blocker, intent = await trio.to_thread.run_sync(
                     self._try_grant, agent, path, mode, ttl, session_id, force, intent, remaining,
-                    dead)
+                    dead, queue)
                 if granted is not None:
                     intent = None
                     self._notify()
@@ -247,8 +251,8 @@ class LockManager:
                     await trio.to_thread.run_sync(self._drop_intent, intent)
 
     def _try_grant(self, agent: str, path: str, mode: LockMode, ttl: float, session_id: int | None,
-                   force: bool, intent: int | None, remaining: float, dead: frozenset[int]
-                   ) -> tuple[Lock | None, Lock | None, int | None]:
+                   force: bool, intent: int | None, remaining: float, dead: frozenset[int],
+                   queue: bool = False) -> tuple[Lock | None, Lock | None, int | None]:
         """One attempt in a write transaction: (granted, None, None) or (None, blocker, intent id)."""
         with self._write() as conn:
             now = time.time_ns()
@@ -267,7 +271,7 @@ class LockManager:
                 if intent is not None:
                     table.extend_intent(conn, intent, expires)
                     table.bump_generation(conn)
-                elif remaining > 0:  # a try-lock (wait=0) leaves no trace
+                elif remaining > 0 or queue:  # a plain try-lock (wait=0) leaves no trace
                     intent = table.add_intent(conn, path, agent, mode.value, expires)
                     table.bump_generation(conn)
                 return None, blocker, intent

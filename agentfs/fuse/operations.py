@@ -288,7 +288,7 @@ class Operations(pyfuse3.Operations):
         path = self._path(inode)
         caller = self._caller(ctx)
         self.gov.require(caller, "setattr", path, "w")
-        await self.gov.lock_wait(caller, path, Access.WRITE)
+        await self.gov.lock_wait(caller, path, Access.WRITE, wait=False)
         fd = self._fd(node)
         is_link = node.kind == stat_mod.S_IFLNK
         changed: dict[str, Any] = {}
@@ -364,7 +364,7 @@ class Operations(pyfuse3.Operations):
         pnode, nm, path, caller = self._child_of(parent, name, ctx)
         self._reject_virtual_name(parent, nm)
         self.gov.require(caller, "mknod", path, "c")
-        await self.gov.lock_wait(caller, path, Access.WRITE)
+        await self.gov.lock_wait(caller, path, Access.WRITE, wait=False)
         os.mknod(nm, mode, rdev, dir_fd=self._fd(pnode))
         node, st = await self._made(caller, "mknod", pnode, nm, path, ctx, {"mode": oct(mode)}, mode)
         return self._entry(node, st, path)
@@ -374,7 +374,7 @@ class Operations(pyfuse3.Operations):
         pnode, nm, path, caller = self._child_of(parent, name, ctx)
         self._reject_virtual_name(parent, nm)
         self.gov.require(caller, "mkdir", path, "c")
-        await self.gov.lock_wait(caller, path, Access.WRITE)
+        await self.gov.lock_wait(caller, path, Access.WRITE, wait=False)
         os.mkdir(nm, stat_mod.S_IMODE(mode), dir_fd=self._fd(pnode))
         node, st = await self._made(caller, "mkdir", pnode, nm, path, ctx)
         return self._entry(node, st, path)
@@ -385,7 +385,7 @@ class Operations(pyfuse3.Operations):
         pnode, nm, path, caller = self._child_of(parent, name, ctx)
         self._reject_virtual_name(parent, nm)
         self.gov.require(caller, "symlink", path, "c")
-        await self.gov.lock_wait(caller, path, Access.WRITE)
+        await self.gov.lock_wait(caller, path, Access.WRITE, wait=False)
         os.symlink(os.fsdecode(target), nm, dir_fd=self._fd(pnode))
         node, st = await self._made(caller, "symlink", pnode, nm, path, ctx, {"target": os.fsdecode(target)})
         return self._entry(node, st, path)
@@ -412,7 +412,7 @@ class Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENOENT)
         op = "rmdir" if is_dir else "unlink"
         self.gov.require(caller, op, path, "d")
-        await self.gov.lock_wait(caller, path, Access.DELETE, subtree=is_dir)
+        await self.gov.lock_wait(caller, path, Access.DELETE, subtree=is_dir, wait=False)
         child = self.inodes.child(parent, nm)
         if child is not None and not is_dir and len(child.links) == 1:
             # Its last name goes: pin the object so fstat/ftruncate on open handles keep working.
@@ -451,11 +451,13 @@ class Operations(pyfuse3.Operations):
             self.gov.require(caller, "rename", path_new, "wd" if not exchange else "d")
             if exchange:
                 self.gov.require(caller, "rename", path_old, "c")
-        await self.gov.lock_wait(caller, path_old, Access.DELETE, subtree=stat_mod.S_ISDIR(src.st_mode))
+        await self.gov.lock_wait(caller, path_old, Access.DELETE, subtree=stat_mod.S_ISDIR(src.st_mode),
+                                 wait=False)
         if dst is not None:
-            await self.gov.lock_wait(caller, path_new, Access.DELETE, subtree=stat_mod.S_ISDIR(dst.st_mode))
+            await self.gov.lock_wait(caller, path_new, Access.DELETE, subtree=stat_mod.S_ISDIR(dst.st_mode),
+                                     wait=False)
         else:
-            await self.gov.lock_wait(caller, path_new, Access.WRITE)
+            await self.gov.lock_wait(caller, path_new, Access.WRITE, wait=False)
         replaced = self.inodes.child(parent_new, nn) if dst is not None and not exchange else None
         if replaced is not None and not replaced.is_dir and len(replaced.links) == 1:
             with contextlib.suppress(Stale, OSError):
@@ -505,8 +507,8 @@ class Operations(pyfuse3.Operations):
         self.gov.require(caller, "link", src_path, "r")
         self.gov.require(caller, "link", path, "c")
         self.gov.check_link(caller, src_path, path)
-        await self.gov.lock_wait(caller, src_path, Access.WRITE)
-        await self.gov.lock_wait(caller, path, Access.WRITE)
+        await self.gov.lock_wait(caller, src_path, Access.WRITE, wait=False)
+        await self.gov.lock_wait(caller, path, Access.WRITE, wait=False)
         pfd = self._fd(pnode)
         if node.kind == stat_mod.S_IFLNK:
             spnode, snm = self._a_link(node)
@@ -562,7 +564,7 @@ class Operations(pyfuse3.Operations):
         self._reject_virtual_name(parent, nm)
         pfd = self._fd(pnode)
         self.gov.require(caller, "create", path, "c")
-        await self.gov.lock_wait(caller, path, Access.WRITE)
+        await self.gov.lock_wait(caller, path, Access.WRITE, wait=False)
         base = (flags & ~_OPEN_DROP) | os.O_CLOEXEC | os.O_NOFOLLOW
         created = True
         try:
@@ -780,7 +782,11 @@ class Operations(pyfuse3.Operations):
         if not self.gov.visible(caller, path):
             raise pyfuse3.FUSEError(errno.ENOENT)
         self.gov.require(caller, "setxattr", path, "w")
-        await self.gov.lock_wait(caller, path, Access.WRITE)
+        try:
+            await self.gov.lock_wait(caller, path, Access.WRITE, wait=False)
+        except Denied as e:
+            # Linux hands a setxattr EAGAIN to the caller as EOPNOTSUPP ("not supported"): say busy.
+            raise pyfuse3.FUSEError(errno.EBUSY if e.errno == errno.EAGAIN else e.errno) from None
         _, target = self._xattr_target(inode, name)
         os.setxattr(target, os.fsdecode(name), value)
         await self.gov.record(caller, "setxattr", path, details={"name": os.fsdecode(name)})
@@ -796,7 +802,7 @@ class Operations(pyfuse3.Operations):
         if not self.gov.visible(caller, path):
             raise pyfuse3.FUSEError(errno.ENOENT)
         self.gov.require(caller, "removexattr", path, "w")
-        await self.gov.lock_wait(caller, path, Access.WRITE)
+        await self.gov.lock_wait(caller, path, Access.WRITE, wait=False)
         _, target = self._xattr_target(inode, name)
         os.removexattr(target, os.fsdecode(name))
         await self.gov.record(caller, "removexattr", path, details={"name": os.fsdecode(name)})
