@@ -105,7 +105,13 @@ def lock_value(shared: bool, ttl: float | None, force: bool = False) -> bytes:
 
 
 def set_lock(path: str, value: bytes, wait: float) -> None:
-    """setxattr, retried while busy until `wait` seconds have passed (each try waits in the daemon too)."""
+    """setxattr, retried while busy until `wait` seconds have passed.
+
+    The daemon answers each try at once (waiting there would keep the file's
+    inode locked in the kernel and stall the holder's unlock); a refused try
+    keeps its place in the lock queue for about a second, so retrying every
+    RETRY_SECONDS keeps it.
+    """
     deadline = time.monotonic() + wait
     while True:
         try:
