@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
@@ -109,12 +110,21 @@ def search(db: IndexDB, query: str, *, k: int = 10, path_prefix: str | None = No
     use_vec = embed is not None and db.has_vectors()
     mode = "hybrid" if use_vec else "bm25"
     match = fts_query(query)
-    qvec = None
-    if use_vec and query.strip():
-        qvec = cache.get(embed, query) if cache else embed([query])[0]  # type: ignore[arg-type]
     n = max(CANDIDATES, 4 * k)
+    qvec = None
+    pending_bm: Future[list[int]] | None = None
+    if use_vec and query.strip():
+        if match and vectors is not None:
+            # BM25 (SQLite, GIL released) runs while the query is embedded: the
+            # latency is the longer of the two, not their sum. The connection is
+            # not touched here until the result is in.
+            pending_bm = _pool().submit(db.keyword_search, match, n)
+        qvec = cache.get(embed, query) if cache else embed([query])[0]  # type: ignore[arg-type]
     while True:
-        bm = db.keyword_search(match, n) if match else []
+        if pending_bm is not None:
+            bm, pending_bm = pending_bm.result(), None
+        else:
+            bm = db.keyword_search(match, n) if match else []
         near: list[tuple[int, float]] = []
         if qvec is not None:
             near = vectors.knn(qvec, n) if vectors is not None else db.vector_search(qvec, n)
@@ -127,6 +137,18 @@ def search(db: IndexDB, query: str, *, k: int = 10, path_prefix: str | None = No
         if len(hits) >= k or exhausted or n >= 4096:
             return hits, mode
         n *= 4
+
+
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="search-bm25")
+        return _POOL
 
 
 def _fuse(db: IndexDB, bm: list[int], vec: list[int], k: int, prefix: str | None,
