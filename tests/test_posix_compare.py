@@ -907,9 +907,6 @@ def test_o_direct_file_can_be_mapped(pair):
     pair.run(mapped, ["f"])
 
 
-@pytest.mark.xfail(strict=True, reason="known difference: a removed directory still held (cwd, open fd) gives "
-                   "ESTALE/ENOENT through the mount (its inode has no name left and no descriptor); "
-                   "natively it stats with nlink 0 and lists empty")
 def test_removed_directory_still_held_open(pair):
     def go(r):
         os.mkdir(r / "d")

@@ -86,13 +86,16 @@ class ContentHasher:
         reopened for plain reading through /proc/self/fd (the same inode,
         whatever happened to its name).
         """
-        if _needs_reopen(fd):
+        # Always a fresh read-only open of the same inode with O_NOATIME: the
+        # audit must not move the file's atime (nor need a readable fd).
+        try:
+            rfd = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC | os.O_NOATIME)
+        except PermissionError:  # O_NOATIME needs ownership or CAP_FOWNER
             rfd = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
-            try:
-                return self._hash_readable(rfd)
-            finally:
-                os.close(rfd)
-        return self._hash_readable(fd)
+        try:
+            return self._hash_readable(rfd)
+        finally:
+            os.close(rfd)
 
     def _hash_readable(self, fd: int) -> str:
         size = os.fstat(fd).st_size

@@ -13,7 +13,7 @@ import logging
 import os
 import time
 import uuid
-from typing import Any
+from typing import Any, Iterable
 
 import trio
 
@@ -34,6 +34,10 @@ log = logging.getLogger(__name__)
 # Letters that change something: these count towards runaway detection.
 _CHANGING = set("wcd")
 HOUSEKEEPING_SECONDS = 1.0
+# Content hashes are skipped above this size, and for sparse files above the
+# second (BLAKE3 hashes ~3-5 GB/s here, so 4 GiB costs about a second of a core).
+HASH_MAX_BYTES = 4 << 30
+HASH_SPARSE_MIN_BYTES = 64 << 20
 
 
 class WorkspaceGovernor:
@@ -86,6 +90,21 @@ class WorkspaceGovernor:
         """Record that a caller named an existing path it may not see (it is answered ENOENT)."""
         have = self.holder.current.rights(caller.agent, path)
         self._deny(caller, op, path, errno.ENOENT, {"need": "r", "have": have.fixed()})
+
+    def require_subtree(self, caller: Caller, op: str, top: str, paths: Iterable[str]) -> None:
+        """Moving a folder moves all it holds: the caller needs r and d on each path inside.
+
+        That is what copying and deleting it would take. Without it, renaming
+        a folder would carry files hidden from the caller (or closed to it)
+        to a place where its rules give it more.
+        """
+        policy = self.holder.current
+        need = Rights.R | Rights.D
+        for p in paths:
+            have = policy.rights(caller.agent, p)
+            if need & ~have:
+                self._deny(caller, op, top, errno.EACCES, {"need": "rd", "have": have.fixed(), "inside": p})
+                raise Denied(errno.EACCES, f"{caller.agent} may not move {p} along with {top}")
 
     def check_link(self, caller: Caller, src_path: str, new_path: str) -> None:
         """A hard link must not give anyone more rights on the file than its old name did."""
@@ -206,7 +225,16 @@ class WorkspaceGovernor:
 
     async def _hash_and_close(self, handle: int, ev: AuditEvent, stats: dict[str, Any], fd: int) -> None:
         try:
-            digest = await self.hasher.hash_fd_async(fd)
+            st = os.fstat(fd)
+            # Hashing reads every byte, holes included: a 1-byte write at a huge
+            # offset must not keep the daemon busy for minutes.
+            sparse = st.st_blocks * 512 < st.st_size // 2 and st.st_size > HASH_SPARSE_MIN_BYTES
+            if st.st_size > HASH_MAX_BYTES or sparse:
+                digest = None
+                ev.details = {"hash_skipped": "sparse" if sparse else "larger than "
+                              f"{HASH_MAX_BYTES >> 30} GiB"}
+            else:
+                digest = await self.hasher.hash_fd_async(fd)
         except OSError as e:
             log.warning("cannot hash %s: %s", ev.path, e)
             digest = None

@@ -15,7 +15,7 @@ import logging
 import os
 import stat as stat_mod
 import threading
-from typing import Any, Awaitable, Callable, Sequence
+from typing import Any, Awaitable, Callable, Iterator, Sequence
 
 import pyfuse3
 import trio
@@ -64,6 +64,43 @@ def check_name(name: bytes) -> str:
     if not name or b"/" in name or b"\0" in name or name in (b".", b".."):
         raise pyfuse3.FUSEError(errno.EINVAL)
     return os.fsdecode(name)
+
+
+def _paths_below(dir_fd: int, name: str, path: str) -> Iterator[str]:
+    """Every path inside a backing folder, depth first, never following a symlink.
+
+    Holds one descriptor per level (not per folder seen), so a wide tree cannot exhaust them.
+    """
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    stack: list[tuple[int, str, Any]] = []
+
+    def enter(parent_fd: int, nm: str, p: str) -> None:
+        fd = os.open(nm, flags, dir_fd=parent_fd)
+        try:
+            stack.append((fd, p, os.scandir(fd)))
+        except BaseException:
+            os.close(fd)
+            raise
+
+    enter(dir_fd, name, path)
+    try:
+        while stack:
+            fd, dpath, entries = stack[-1]
+            entry = next(entries, None)
+            if entry is None:
+                stack.pop()
+                entries.close()
+                os.close(fd)
+                continue
+            p = join(dpath, entry.name)
+            yield p
+            if entry.is_dir(follow_symlinks=False):
+                with contextlib.suppress(FileNotFoundError, NotADirectoryError):  # gone or swapped meanwhile
+                    enter(fd, entry.name, p)
+    finally:
+        for fd, _, entries in stack:
+            entries.close()
+            os.close(fd)
 
 
 def join(parent_path: str, name: str) -> str:
@@ -414,8 +451,9 @@ class Operations(pyfuse3.Operations):
         self.gov.require(caller, op, path, "d")
         await self.gov.lock_wait(caller, path, Access.DELETE, subtree=is_dir, wait=False)
         child = self.inodes.child(parent, nm)
-        if child is not None and not is_dir and len(child.links) == 1:
-            # Its last name goes: pin the object so fstat/ftruncate on open handles keep working.
+        if child is not None and len(child.links) == 1:
+            # Its last name goes: pin the object so fstat/ftruncate on open
+            # handles (and a shell's cwd in a removed directory) keep working.
             with contextlib.suppress(Stale, OSError):
                 self._fd(child)
         if is_dir:
@@ -451,6 +489,13 @@ class Operations(pyfuse3.Operations):
             self.gov.require(caller, "rename", path_new, "wd" if not exchange else "d")
             if exchange:
                 self.gov.require(caller, "rename", path_old, "c")
+        check_subtree = getattr(self.gov, "require_subtree", None)
+        if check_subtree is not None:
+            # A moved folder carries everything in it to where rights may differ.
+            if stat_mod.S_ISDIR(src.st_mode):
+                check_subtree(caller, "rename", path_old, _paths_below(ofd, no, path_old))
+            if exchange and dst is not None and stat_mod.S_ISDIR(dst.st_mode):
+                check_subtree(caller, "rename", path_new, _paths_below(nfd, nn, path_new))
         await self.gov.lock_wait(caller, path_old, Access.DELETE, subtree=stat_mod.S_ISDIR(src.st_mode),
                                  wait=False)
         if dst is not None:

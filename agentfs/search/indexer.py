@@ -81,7 +81,8 @@ class Indexer:
             os.close(fd)
 
     def _read(self, path: str) -> tuple[os.stat_result, bytes]:
-        fd = self._open(path, os.O_RDONLY | os.O_NONBLOCK)
+        # O_NOATIME: indexing must not change what agents see of their files.
+        fd = self._open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOATIME)
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):

@@ -1,0 +1,52 @@
+"""What a write handle leaves behind through the governed mount: one record, a hash, no side effects."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from agentfs.core.audit import iter_records
+from agentfs.core.audit_content import ContentHasher
+from conftest import wait_for
+
+
+def _writes(ws, path):
+    return [r for r in iter_records(ws, path_glob=path) if r["op"] == "write"]
+
+
+def test_one_aggregated_record_with_the_hash_of_the_result(mount):
+    p = mount.path / "agg.bin"
+    with open(p, "wb") as f:
+        for i in range(10):
+            f.write(bytes([i]) * 1000)
+        f.seek(50_000)
+        f.write(b"tail")
+    [rec] = wait_for(lambda: _writes(mount.ws, "/agg.bin"), what="the write record")
+    d = rec["details"]
+    assert d["writes"] >= 2 and d["bytes"] == 10_004 and d["size"] == 50_004
+    assert d["ranges"] == [[0, 10_000], [50_000, 50_004]]
+    assert d["hash"] == ContentHasher().hash_path(mount.ws.data_path / "agg.bin")
+
+
+def test_a_huge_sparse_write_is_recorded_without_hashing_its_holes(mount):
+    p = mount.path / "sparse.bin"
+    with open(p, "wb") as f:
+        f.seek(8 << 30)
+        f.write(b"x")
+    start = time.monotonic()
+    [rec] = wait_for(lambda: _writes(mount.ws, "/sparse.bin"), timeout=30, what="the write record")
+    assert time.monotonic() - start < 5, "hashing 8 GiB of holes would take far longer"
+    assert rec["details"]["size"] == (8 << 30) + 1
+    assert rec["details"]["hash"] is None and rec["details"]["hash_skipped"] == "sparse"
+    assert mount.answers()
+
+
+def test_auditing_a_write_does_not_move_the_files_atime(mount):
+    p = mount.path / "atime.txt"
+    p.write_text("first")
+    old = 1_000_000_000 * 1_000_000_000
+    os.utime(p, ns=(old, old))
+    with open(p, "a") as f:
+        f.write("more")
+    wait_for(lambda: len(_writes(mount.ws, "/atime.txt")) == 2, what="both write records")
+    assert os.stat(mount.ws.data_path / "atime.txt").st_atime_ns == old
