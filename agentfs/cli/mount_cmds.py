@@ -17,10 +17,15 @@ from agentfs.workspace import Workspace
 @click.option("--foreground", "-f", is_flag=True, help="Stay attached (logs to stderr) instead of daemonising.")
 @click.option("--bare", is_flag=True, hidden=True, help="No policy, locks or audit (benchmark baseline).")
 @click.option("--debug", is_flag=True, help="Log every FUSE request.")
-def mount_cmd(workspace: str, mountpoint: str, agent: str | None, foreground: bool, bare: bool, debug: bool) -> None:
+@click.option("--disable", "disable", multiple=True, hidden=True,
+              type=click.Choice(["audit", "locks", "policy"]),
+              help="Switch one part off to measure its cost (benchmarks only).")
+def mount_cmd(workspace: str, mountpoint: str, agent: str | None, foreground: bool, bare: bool, debug: bool,
+              disable: tuple[str, ...]) -> None:
     """Mount WORKSPACE on MOUNTPOINT (an empty directory)."""
     ws = Workspace.open(workspace)
-    pid = mounting.mount(ws, Path(mountpoint), agent=agent, foreground=foreground, bare=bare, debug=debug)
+    pid = mounting.mount(ws, Path(mountpoint), agent=agent, foreground=foreground, bare=bare, debug=debug,
+                         disable=disable)
     if pid is not None:
         who = f" for agent {agent}" if agent else ""
         click.echo(f"mounted {ws.root} on {Path(mountpoint).resolve()}{who} (daemon pid {pid})")

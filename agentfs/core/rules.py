@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 # Letters that change something: these count towards runaway detection.
 _CHANGING = set("wcd")
 HOUSEKEEPING_SECONDS = 1.0
+COMPONENTS = frozenset({"audit", "locks", "policy"})
 # Content hashes are skipped above this size, and for sparse files above the
 # second (BLAKE3 hashes ~3-5 GB/s here, so 4 GiB costs about a second of a core).
 HASH_MAX_BYTES = 4 << 30
@@ -41,9 +42,17 @@ HASH_SPARSE_MIN_BYTES = 64 << 20
 
 
 class WorkspaceGovernor:
-    def __init__(self, ws: Workspace, mount_agent: str | None = None) -> None:
+    def __init__(self, ws: Workspace, mount_agent: str | None = None,
+                 disable: frozenset[str] = frozenset()) -> None:
+        """`disable` (audit, locks, policy) exists to measure each part's cost; never for production."""
+        unknown = disable - COMPONENTS
+        if unknown:
+            raise ValueError(f"unknown component(s) {sorted(unknown)}: choose among {sorted(COMPONENTS)}")
         self.ws = ws
         self.mount_agent = mount_agent
+        self.policy_on = "policy" not in disable
+        self.locks_on = "locks" not in disable
+        self.audit_on = "audit" not in disable
         self.holder = PolicyHolder(ws.policy_path)
         if mount_agent is not None and mount_agent not in self.holder.current.agents:
             from agentfs.errors import MountError
@@ -67,10 +76,10 @@ class WorkspaceGovernor:
     # ----- may -----------------------------------------------------------
 
     def visible(self, caller: Caller, path: str, is_dir: bool = True) -> bool:
-        return self.holder.current.visible(caller.agent, path, is_dir)
+        return not self.policy_on or self.holder.current.visible(caller.agent, path, is_dir)
 
     def require(self, caller: Caller, op: str, path: str, rights: str) -> None:
-        if not rights:
+        if not rights or not self.policy_on:
             return
         policy = self.holder.current
         have = policy.rights(caller.agent, path)
@@ -82,7 +91,7 @@ class WorkspaceGovernor:
             code = errno.EACCES if visible else errno.ENOENT
             self._deny(caller, op, path, code, {"need": rights, "have": have.fixed()})
             raise Denied(code, f"{caller.agent} lacks {rights} on {path}")
-        if _CHANGING & set(rights) and self.audit.runaway(caller.agent, op, path, caller.uid, caller.pid):
+        if self.audit_on and _CHANGING & set(rights) and self.audit.runaway(caller.agent, op, path, caller.uid, caller.pid):
             self._deny(caller, op, path, errno.EACCES, {"reason": "runaway cooling-off"})
             raise Denied(errno.EACCES, f"{caller.agent} is cooling off after a runaway")
 
@@ -119,11 +128,13 @@ class WorkspaceGovernor:
         cache = float(policy.settings("mount").get("cache_seconds", 60.0))
         # The kernel's caches are shared by all callers and can only leak
         # visibility (every open or change is still checked here).
-        if self.mount_agent is not None or policy.same_view(path):
+        if self.mount_agent is not None or not self.policy_on or policy.same_view(path):
             return cache
         return 0.0
 
     def _deny(self, caller: Caller, op: str, path: str, code: int, details: dict[str, Any]) -> None:
+        if not self.audit_on:
+            return
         self.audit.record_nowait(AuditEvent(op, caller.agent, caller.uid, caller.pid, path,
                                             result=errno.errorcode.get(code, str(code)), details=details))
 
@@ -139,6 +150,8 @@ class WorkspaceGovernor:
         which stalls the holder's own writes, creates and even its unlock for
         as long as it waits, so those fail at once.
         """
+        if not self.locks_on:
+            return
         try:
             await self.locks.wait_clear(caller.agent, path, access, subtree, None if wait else 0.0)
         except LockConflict as e:
@@ -201,9 +214,10 @@ class WorkspaceGovernor:
 
     async def record(self, caller: Caller, op: str, path: str, new_path: str | None = None,
                      result: str = "ok", details: dict[str, Any] | None = None) -> None:
-        # Durable (journaled) before the syscall is acknowledged; committed with the next group.
-        await self.audit.record_durable(AuditEvent(op, caller.agent, caller.uid, caller.pid, path, new_path,
-                                                   result, details))
+        if self.audit_on:
+            # Durable (journaled) before the syscall is acknowledged; committed with the next group.
+            await self.audit.record_durable(AuditEvent(op, caller.agent, caller.uid, caller.pid, path,
+                                                       new_path, result, details))
         if op == "rename" and new_path is not None:
             self.locks.on_rename(path, new_path)
         elif op == "exchange" and new_path is not None:
@@ -212,9 +226,14 @@ class WorkspaceGovernor:
             self.locks.on_delete(path)
 
     async def open_write(self, caller: Caller, handle: int, path: str) -> None:
+        if not self.audit_on:
+            return
         await self.audit.open_write_durable(handle, AuditEvent("open-w", caller.agent, caller.uid, caller.pid, path))
 
     def close_write(self, caller: Caller, handle: int, path: str, stats: dict[str, Any], fd: int) -> None:
+        if not self.audit_on:
+            os.close(fd)
+            return
         ev = AuditEvent("write", caller.agent, caller.uid, caller.pid, path)
         if self._nursery is None or not stats.get("writes"):
             os.close(fd)

@@ -39,6 +39,7 @@ class MountSpec:
     agent: str | None = None
     bare: bool = False
     debug: bool = False
+    disable: frozenset[str] = frozenset()
 
 
 def mount_options(spec: MountSpec) -> set[str]:
@@ -90,7 +91,7 @@ def build_governor(spec: MountSpec) -> Any:
         from agentfs.core.rules import WorkspaceGovernor
     except ImportError:
         return OpenGovernor()
-    return WorkspaceGovernor(spec.workspace, mount_agent=spec.agent)
+    return WorkspaceGovernor(spec.workspace, mount_agent=spec.agent, disable=spec.disable)
 
 
 def build_virtual(spec: MountSpec, gov: Any) -> Any:
@@ -186,6 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--agent")
     ap.add_argument("--bare", action="store_true")
     ap.add_argument("--debug", action="store_true")
+    ap.add_argument("--disable", default="")
     ap.add_argument("--ready-fd", type=int)
     ap.add_argument("--log-file")
     a = ap.parse_args(argv)
@@ -195,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if a.debug else logging.INFO, handlers=handlers,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
-        spec = MountSpec(Workspace.open(a.workspace), Path(a.mountpoint), a.agent, a.bare, a.debug)
+        disable = frozenset(x for x in a.disable.split(",") if x)
+        spec = MountSpec(Workspace.open(a.workspace), Path(a.mountpoint), a.agent, a.bare, a.debug, disable)
         return serve(spec, a.ready_fd)
     except Exception as e:
         _report(a.ready_fd, f"ERROR {e}")

@@ -68,7 +68,7 @@ def check_mountpoint(mountpoint: Path) -> None:
 
 
 def mount(ws: Workspace, mountpoint: Path, agent: str | None = None, foreground: bool = False,
-          bare: bool = False, debug: bool = False) -> int | None:
+          bare: bool = False, debug: bool = False, disable: tuple[str, ...] = ()) -> int | None:
     """Mount `ws` on `mountpoint`; returns the daemon pid once the mount answers."""
     mountpoint = Path(os.path.abspath(mountpoint))
     if os.geteuid() != 0:
@@ -81,6 +81,8 @@ def mount(ws: Workspace, mountpoint: Path, agent: str | None = None, foreground:
         args.append("--bare")
     if debug:
         args.append("--debug")
+    if disable:
+        args += ["--disable", ",".join(disable)]
     if foreground:
         from agentfs.fuse.daemon import main as daemon_main
 
