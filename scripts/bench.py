@@ -111,6 +111,9 @@ def measure(ctx: wl.Ctx, works: list[wl.Workload], tgts: list[targets.Target], r
                 try:
                     d.mkdir(exist_ok=True)
                     setup_info = w.setup(ctx, d) if w.setup else None
+                    waited = targets.quiesce(tgts)
+                    if waited > 1:
+                        log.info("waited %.1f s for the daemons to go idle", waited)
                     phase = "run"
                     t0 = time.perf_counter()
                     info = w.run(ctx, d)

@@ -94,6 +94,33 @@ def stop(t: Target) -> None:
     t.pid = None
 
 
+def _cpu_ticks(pid: int) -> int | None:
+    try:
+        f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return int(f[11]) + int(f[12])  # utime + stime, all threads
+
+
+def quiesce(tgts: list[Target], idle_s: float = 0.3, timeout: float = 60.0) -> float:
+    """Wait until no daemon uses CPU (e.g. still hashing a file written earlier); returns the wait.
+
+    Work a daemon does after the caller is answered (content hashes at close,
+    audit commits) must neither land in the next target's timing nor be lost
+    from this one's: it is waited for, untimed, and the wait is reported.
+    """
+    pids = [t.pid for t in tgts if t.pid]
+    t0 = time.monotonic()
+    last = [_cpu_ticks(p) for p in pids]
+    while time.monotonic() - t0 < timeout:
+        time.sleep(idle_s)
+        now = [_cpu_ticks(p) for p in pids]
+        if now == last:
+            break
+        last = now
+    return time.monotonic() - t0 - idle_s
+
+
 def remove_base(base: Path) -> None:
     """Delete the benchmark's files, refusing while any mount under it is still live."""
     live = [line.split(" ")[1] for line in Path("/proc/self/mounts").read_text().splitlines()

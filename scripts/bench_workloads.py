@@ -71,7 +71,9 @@ def can_drop_caches() -> bool:
 def sh(*cmd: str, ok: tuple[int, ...] = (0,), stdout: int | None = subprocess.DEVNULL) -> None:
     r = subprocess.run(cmd, stdout=stdout, stderr=subprocess.PIPE, text=True)
     if r.returncode not in ok:
-        raise RuntimeError(f"{' '.join(cmd)} failed ({r.returncode}): {r.stderr.strip()}")
+        lines = r.stderr.strip().splitlines() or [""]
+        more = f" (+{len(lines) - 1} more lines)" if len(lines) > 1 else ""
+        raise RuntimeError(f"{' '.join(cmd)} failed ({r.returncode}): {lines[0]}{more}")
 
 
 def _rm(p: Path) -> None:
