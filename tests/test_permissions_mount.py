@@ -479,6 +479,22 @@ if libc.renameat2(-100, a.encode(), -100, b.encode(), 2) != 0:
 """
 
 
+def test_renaming_a_folder_that_holds_hidden_files_is_refused(env):
+    """bob may delete and rename /drafts itself, but moving it would carry /drafts/secret into /bob."""
+    bob = env.bob
+    assert bob.err("os.rename(a, b)", a=env.p("drafts"), b=env.p("bob/drafts")) == "EACCES"
+    assert env.data("drafts/secret/plan.md").read_text() == "hidden plan\n"
+    assert bob.err(READ, p=env.p("bob/drafts/secret/plan.md")) == "ENOENT"
+    recs = wait_for(lambda: [r for r in audit(env, "--agent", "bob") if r["op"] == "rename"
+                             and r["path"] == "/drafts" and r["result"] == "EACCES"],
+                    what="the refused folder move in the audit log")
+    assert recs[-1]["details"]["inside"].startswith("/drafts/secret")
+    # a folder whose every file bob may read and delete moves as a whole
+    bob.ok("os.makedirs(d)\nopen(d + '/c.txt', 'w').write('c')", block=True, d=env.p("bob/tree/a/b"))
+    bob.ok("os.rename(a, b)", a=env.p("bob/tree"), b=env.p("shared/tree"))
+    assert env.data("shared/tree/a/b/c.txt").read_text() == "c"
+
+
 def test_dot_dot_traversal_from_an_allowed_folder(env):
     bob = env.bob
     assert bob.err(READ, p=env.p("shared") + "/../alice/secret.txt") == "ENOENT"

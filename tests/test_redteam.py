@@ -209,6 +209,8 @@ def test_symlink_hardlink_and_rename_tricks(arena):
     assert m.err("os.link(a, b)", a=f"{mnt}/mallory/rel/../secret.txt", b=f"{mnt}/mallory/hl") == "ENOENT"
     assert m.err("os.rename(a, b)", a=f"{mnt}/alice/secret.txt", b=f"{mnt}/shared/s") == "ENOENT"
     assert m.err("os.rename(a, b)", a=f"{mnt}/alice/plans", b=f"{mnt}/mallory/plans") == "ENOENT"
+    # the drop box as a whole cannot be carried off with alice's files in it
+    assert m.err("os.rename(a, b)", a=f"{mnt}/inbox", b=f"{mnt}/mallory/inbox") == "EACCES"
     # mallory moves her own folder under the hidden one's name: refused, nothing replaced
     m.ok("os.mkdir(p)", p=f"{mnt}/mallory/plans")
     assert m.err("os.rename(a, b)", a=f"{mnt}/mallory/plans", b=f"{mnt}/alice/plans") == "ENOENT"
