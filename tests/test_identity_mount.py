@@ -156,6 +156,13 @@ def test_children_of_a_tagged_process_are_the_same_agent(idenv):
             me = whoami(text)
             assert me.get("agent") == "writer" and me.get("via") == "session", (how, text)
             assert int(me["pid"]) != root, how
+        # new user and pid namespaces (root inside) change nothing: the daemon sees the real pid and uid
+        ns = w.ok("vars(subprocess.run(['unshare', '-Urpf', 'sh', '-c', 'id -u; cat ' + p], capture_output=True, "
+                  "text=True))", p=who)
+        if ns["returncode"] == 0:  # unprivileged user namespaces allowed here
+            uid_inside, _, text = ns["stdout"].partition("\n")
+            me = whoami(text)
+            assert uid_inside == "0" and (me["agent"], me["uid"], me["via"]) == ("writer", "2903", "session"), ns
         # the orphan of the double fork was re-parented to the session root (a child subreaper)
         assert int(whoami(outs["double fork"])["ppid"]) == root
 
