@@ -161,3 +161,5 @@ def test_sighup_reloads_at_once(live):
     assert m.alive()
     logged = re.findall(r"policy reloaded from \S+", daemon_log(ws))
     assert logged and str(ws.policy_path) in logged[-1]
+    # reloads (and the kernel cache invalidation after each) left no internal error behind
+    assert "Traceback" not in daemon_log(ws) and "internal error" not in daemon_log(ws)
