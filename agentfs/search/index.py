@@ -284,15 +284,22 @@ class IndexDB:
             (np.asarray(vector, dtype=np.float32).tobytes(), limit))]
 
     def chunk_rows(self, ids: list[int]) -> dict[int, ChunkRow]:
+        """Where candidate chunks are (text left empty: only the winners need it)."""
         out: dict[int, ChunkRow] = {}
         for s in range(0, len(ids), 500):
             part = ids[s:s + 500]
             q = ",".join("?" * len(part))
-            for cid, path, a, b, text in self.conn.execute(
-                    f"SELECT c.id, f.path, c.start_line, c.end_line, c.text FROM chunks c "
+            for cid, path, a, b in self.conn.execute(
+                    f"SELECT c.id, f.path, c.start_line, c.end_line FROM chunks c "
                     f"JOIN files f ON f.id = c.file_id WHERE c.id IN ({q})", part):
-                out[cid] = ChunkRow(cid, path, a, b, text)
+                out[cid] = ChunkRow(cid, path, a, b, "")
         return out
+
+    def chunk_texts(self, ids: list[int]) -> dict[int, str]:
+        if not ids:
+            return {}
+        q = ",".join("?" * len(ids))
+        return dict(self.conn.execute(f"SELECT id, text FROM chunks WHERE id IN ({q})", ids))
 
     def stats(self) -> dict[str, Any]:
         c = self.conn

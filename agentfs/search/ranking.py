@@ -179,8 +179,9 @@ def _fuse(db: IndexDB, bm: list[int], vec: list[int], k: int, prefix: str | None
         if row.path not in best or s > best[row.path][0]:
             best[row.path] = (s, cid)
     ranked = sorted(best.items(), key=lambda kv: (-kv[1][0], kv[0]))[:k]
+    texts = db.chunk_texts([cid for _, (_, cid) in ranked])
     return [Hit(path, round(s / best_possible, 4), rows[cid].start_line, rows[cid].end_line,
-                _snippet(rows[cid].text)) for path, (s, cid) in ranked], gone
+                _snippet(texts.get(cid, ""))) for path, (s, cid) in ranked], gone
 
 
 def _snippet(text: str) -> str:
