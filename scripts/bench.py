@@ -10,6 +10,8 @@ compared with the last one. Timings are figures, never pass/fail.
     sudo /opt/agentfs/venv/bin/python scripts/bench.py [--quick] [--repeat 3]
         [--only seq_read,tar_x] [--policy FILE] [--variant NAME=POLICYFILE]
         [--mount-arg TARGET=ARG] [--json out.json]
+
+e.g. the cost of audit alone: --variant noaudit= --mount-arg noaudit=--disable=audit
 """
 
 from __future__ import annotations
@@ -47,7 +49,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="comma list among native, bare, governed (variants are always added)")
     ap.add_argument("--policy", type=Path, help="policy file for the governed mount (default: one open rule)")
     ap.add_argument("--variant", action="append", default=[], metavar="NAME=POLICYFILE",
-                    help="another governed mount with this policy (repeatable); shown against governed")
+                    help="another governed mount with this policy, or the governed one's if empty "
+                         "(repeatable; give it arguments with --mount-arg NAME=ARG); shown against governed")
     ap.add_argument("--mount-arg", action="append", default=[], metavar="TARGET=ARG",
                     help="extra `agentfs mount` argument for a mount target (repeatable)")
     ap.add_argument("--rm-files", type=int, help="files in the rm_rf tree (default 20,000; 2,000 with --quick)")
@@ -81,8 +84,10 @@ def build_targets(a: argparse.Namespace, base: Path) -> list[targets.Target]:
     for item in a.variant:
         name, sep, path = item.partition("=")
         if not sep or not name or name in {"native", "bare", "governed"}:
-            raise SystemExit(f"--variant {item!r}: write NAME=POLICYFILE with a new NAME")
-        out.append(targets.mount_target(base, name, Path(path).read_text(), extra.get(name, [])))
+            raise SystemExit(f"--variant {item!r}: write NAME=POLICYFILE (or NAME= for the governed policy) "
+                             "with a new NAME")
+        text = Path(path).read_text() if path else (a.policy.read_text() if a.policy else targets.OPEN_POLICY)
+        out.append(targets.mount_target(base, name, text, extra.get(name, [])))
     return out
 
 
