@@ -79,6 +79,8 @@ class Sidecar:
         self._pool: queue.LifoQueue[IndexDB] = queue.LifoQueue()
         self._cache = QueryCache()
         self._server: socketserver.BaseServer | None = None
+        self._feed: AuditFeed | None = None
+        self._feed_seq = 0
         self._threads: list[threading.Thread] = []
 
     @property
@@ -108,6 +110,9 @@ class Sidecar:
 
     def catch_up(self, progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
         t0 = time.monotonic()
+        # Where the feed stands before the walk: changes made during it are replayed.
+        self._feed = AuditFeed.open(self.ws)
+        self._feed_seq = self._feed.head() if self._feed else 0
         stats = self.indexer.scan("/", progress)
         self.catching_up = False
         self.wake_embedder.set()
@@ -117,21 +122,29 @@ class Sidecar:
 
     def follow(self) -> None:
         """Follow the audit feed until stopped, with a stat scan as a safety net."""
-        feed = AuditFeed.open(self.ws)
-        seq = feed.head() if feed else 0
+        feed, seq = self._feed, self._feed_seq
+        if feed is None:
+            feed = AuditFeed.open(self.ws)
+            seq = feed.head() if feed else 0
         last_scan = time.monotonic()
         scan_cost = 0.0
         mounted = False
         next_mount_check = 0.0
+        quiet_until = 0.0
+        next_feed_try = time.monotonic() + 10.0
         while not self.stop.wait(FEED_POLL):
-            if feed is None and time.monotonic() - last_scan > SAFETY_SCAN:
-                feed = AuditFeed.open(self.ws)
-                seq = 0 if feed is None else seq
+            if feed is None and time.monotonic() >= next_feed_try:
+                # A daemon may create the audit log after we started.
+                feed = self._feed = AuditFeed.open(self.ws)
+                seq = feed.head() if feed else 0
+                next_feed_try = time.monotonic() + 10.0
             if feed is not None:
                 try:
                     paths, seq = feed.changes(seq)
                 except Exception as e:  # a busy or rotated log must not stop indexing
-                    log.warning("reading the audit feed failed: %s", e)
+                    if time.monotonic() >= quiet_until:
+                        log.warning("reading the audit feed failed (stat scans continue): %s", e)
+                        quiet_until = time.monotonic() + 60.0
                     paths = []
                 if paths:
                     st = self.indexer.sync_paths(paths)
@@ -166,6 +179,8 @@ class Sidecar:
             self._server.server_close()
         for t in self._threads:
             t.join(timeout=10)
+        if self._feed is not None:
+            self._feed.close()
         while not self._pool.empty():
             self._pool.get_nowait().close()
         self.db.close()
