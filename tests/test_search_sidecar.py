@@ -256,3 +256,22 @@ def test_changes_through_a_mount_are_searchable_within_seconds(workdir: Path):
             assert sorted(times)[1] < 5, times
     finally:
         _stop(proc)
+
+
+def test_hybrid_sidecar_embeds_in_the_background_and_finds_paraphrases(workdir: Path):
+    ws = make_workspace(workdir, POLICY.replace('embedder = "none"', 'embedder = "minilm"'))
+    (ws.data_path / "garage.md").write_text("# Garage\n\nOur mechanic fixes broken car engines.\n")
+    (ws.data_path / "kitchen.md").write_text("# Kitchen\n\nBake the bread for forty minutes.\n")
+    proc = _start(ws)
+    try:
+        st = wait_for(lambda: (s := index_status(ws))["pending"] == 0 and s["chunks"] == 2 and s,
+                      timeout=60, what="the chunks to be embedded")
+        assert st["mode"] == "hybrid" and "minilm" in st["note"]
+        resp = query_full(ws.root, "automobile repair")
+        assert resp["mode"] == "hybrid"
+        assert [h["path"] for h in resp["hits"]] == ["/garage.md"]
+        (ws.data_path / "garden.md").write_text("# Garden\n\nWater the tomato plants.\n")
+        wait_for(lambda: [h.path for h in query(ws.root, "irrigating vegetables")][:1] == ["/garden.md"],
+                 timeout=30, what="a new file to be embedded and found by meaning")
+    finally:
+        _stop(proc)
