@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import OPEN_POLICY, make_workspace, mounted
 from posix_pair import RENAME_EXCHANGE, as_user, outcome, renameat2
 
 T1 = 2901
@@ -130,13 +131,27 @@ def test_links_and_renames_of_a_planted_link_move_the_link(users, mount, secret)
     assert secret.exists()
 
 
-def test_directory_swapped_for_a_symlink_while_a_user_opens_in_a_loop(users, mount, secret):
+@pytest.fixture
+def uncached_mount(workdir: Path):
+    """A mount whose kernel caches expire at once, so every open asks the daemon.
+
+    With the default 60 s entry cache, the first lookup of `race` could catch
+    either state of the swap and pin it for the whole test, and the daemon
+    would never see the race at all.
+    """
+    ws = make_workspace(workdir, OPEN_POLICY + "\n[mount]\ncache_seconds = 0\n", name="ws-uncached")
+    with mounted(ws, workdir / "mnt-uncached") as m:
+        yield m
+
+
+def test_directory_swapped_for_a_symlink_while_a_user_opens_in_a_loop(users, uncached_mount, secret):
     """A backing-tree attacker swaps a directory and a symlink to the vault; the daemon never follows it.
 
     The vault holds files of the same names as the directory, so a daemon that
     resolved a name through the swapped-in link would serve the secret. Every
     name is fresh, so each open makes the daemon look the name up during the race.
     """
+    mount = uncached_mount
     data = mount.ws.data_path
     n = 3000
     (data / "race").mkdir()
