@@ -413,17 +413,19 @@ def test_holder_refuses_broken_file_at_start(tmp_path) -> None:
         PolicyHolder(f)
 
 
-# -- the examples in docs/POLICIES.md ------------------------------------------------
+# -- the examples in README.md (Policies) ------------------------------------------------
 
 def _doc_blocks() -> list[str]:
-    text = (Path(__file__).resolve().parent.parent / "docs" / "POLICIES.md").read_text()
+    """The toml examples of the README's Policies section (up to the Locks section)."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    text = readme.split("\n## Policies\n", 1)[1].split("\n## Locks\n", 1)[0]
     return [b.split("```", 1)[0] for b in text.split("```toml\n")[1:]]
 
 
 def test_doc_examples_validate_and_mean_what_they_say() -> None:
     blocks = _doc_blocks()
     assert len(blocks) == 4
-    policies = [Policy.from_text(b, "POLICIES.md") for b in blocks]
+    policies = [Policy.from_text(b, "README.md") for b in blocks]
     handoff, data, secrets = policies[1:]
     assert handoff.rights("researcher", "/handoff/x.md") == Rights.C
     assert handoff.visible("researcher", "/handoff") and not handoff.visible("researcher", "/handoff/x.md", is_dir=False)

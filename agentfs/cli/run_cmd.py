@@ -4,7 +4,7 @@ The tag is a session row naming this process (pid and start time); the
 command then replaces this process with execvp, so the session root IS the
 command and the session ends when it exits. Every descendant is the agent.
 Cooperative isolation: it holds as long as processes under one uid do not
-tamper with each other (see docs/POLICIES.md).
+tamper with each other (see README.md, Policies).
 """
 
 from __future__ import annotations
