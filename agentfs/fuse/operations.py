@@ -244,6 +244,18 @@ class Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENOENT)
         return pnode, nm, join(ppath, nm), caller
 
+    async def _lock_wait_names(self, caller: Caller, inode: int, path: str, access: Access,
+                               wait: bool = True) -> None:
+        """lock_wait on every known name of the inode, not only on `path`.
+
+        open, setattr and xattr requests name no path, and `path` is just one
+        of a hard-linked file's names: a lock on the name (or the directory)
+        the caller went through must stop it all the same.
+        """
+        node = self.inodes.get(inode)
+        for p in self.inodes.paths(inode) if len(node.links) > 1 else (path,):
+            await self.gov.lock_wait(caller, p, access, wait=wait)
+
     def _virtual(self, ino: int) -> bool:
         return self.virtual is not None and self.virtual.owns(ino)
 
@@ -325,7 +337,7 @@ class Operations(pyfuse3.Operations):
         path = self._path(inode)
         caller = self._caller(ctx)
         self.gov.require(caller, "setattr", path, "w")
-        await self.gov.lock_wait(caller, path, Access.WRITE, wait=False)
+        await self._lock_wait_names(caller, inode, path, Access.WRITE, wait=False)
         fd = self._fd(node)
         is_link = node.kind == stat_mod.S_IFLNK
         changed: dict[str, Any] = {}
@@ -552,7 +564,7 @@ class Operations(pyfuse3.Operations):
         self.gov.require(caller, "link", src_path, "r")
         self.gov.require(caller, "link", path, "c")
         self.gov.check_link(caller, src_path, path)
-        await self.gov.lock_wait(caller, src_path, Access.WRITE, wait=False)
+        await self._lock_wait_names(caller, inode, src_path, Access.WRITE, wait=False)
         await self.gov.lock_wait(caller, path, Access.WRITE, wait=False)
         pfd = self._fd(pnode)
         if node.kind == stat_mod.S_IFLNK:
@@ -580,7 +592,7 @@ class Operations(pyfuse3.Operations):
         acc = flags & os.O_ACCMODE
         need = ("r" if acc in (os.O_RDONLY, os.O_RDWR) else "") + ("w" if writable else "")
         self.gov.require(caller, "open", path, need)
-        await self.gov.lock_wait(caller, path, Access.WRITE if writable else Access.READ)
+        await self._lock_wait_names(caller, inode, path, Access.WRITE if writable else Access.READ)
         fd = os.open(proc_path(self._fd(node)), (flags & ~_OPEN_DROP) | os.O_CLOEXEC)
         return await self._opened(fd, node, caller, path, flags, writable, created=False)
 
@@ -829,7 +841,7 @@ class Operations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENOENT)
         self.gov.require(caller, "setxattr", path, "w")
         try:
-            await self.gov.lock_wait(caller, path, Access.WRITE, wait=False)
+            await self._lock_wait_names(caller, inode, path, Access.WRITE, wait=False)
         except Denied as e:
             # Linux hands a setxattr EAGAIN to the caller as EOPNOTSUPP ("not supported"): say busy.
             raise pyfuse3.FUSEError(errno.EBUSY if e.errno == errno.EAGAIN else e.errno) from None
@@ -848,7 +860,7 @@ class Operations(pyfuse3.Operations):
         if not self.gov.visible(caller, path):
             raise pyfuse3.FUSEError(errno.ENOENT)
         self.gov.require(caller, "removexattr", path, "w")
-        await self.gov.lock_wait(caller, path, Access.WRITE, wait=False)
+        await self._lock_wait_names(caller, inode, path, Access.WRITE, wait=False)
         _, target = self._xattr_target(inode, name)
         os.removexattr(target, os.fsdecode(name))
         await self.gov.record(caller, "removexattr", path, details={"name": os.fsdecode(name)})
