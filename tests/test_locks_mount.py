@@ -264,6 +264,22 @@ def test_the_holder_is_never_blocked(fast, holder):
     assert f"holder={holder}" in lock_info(base / "d/sub2/inner")
 
 
+def test_a_lock_covers_a_hard_linked_file_under_each_of_its_names(fast):
+    """The kernel names no path in open or setattr: every name of the file the daemon knows is checked."""
+    rel, base = fast.case(owner="bob")
+    os.link(fast.ws.data_path / rel.lstrip("/") / "d/f", fast.ws.data_path / rel.lstrip("/") / "out/h")
+    bob = fast.w["bob"]
+    # bob meets the file under its name outside d first
+    assert bob.ok("open(p).read()", p=str(base / "out/h")) == "hello\n"
+    assert bob.ok("open(p).read()", p=str(base / "d/f")) == "hello\n"
+    lock(fast.w["alice"], base / "d")
+    for name in ("d/f", "out/h"):
+        assert bob.err("open(p).read()", p=str(base / name)) == "EAGAIN", name
+        assert bob.err("os.truncate(p, 0)", p=str(base / name)) == "EAGAIN", name
+    unlock(fast.w["alice"], base / "d")
+    assert bob.ok("open(p).read()", p=str(base / "out/h")) == "hello\n"
+
+
 def test_shared_lock_lets_others_read_but_not_change(fast):
     _, base = fast.case(owner="bob")
     alice, bob = fast.w["alice"], fast.w["bob"]
@@ -358,17 +374,21 @@ def test_only_the_holder_unlocks_force_breaks_and_locking_needs_l(fast):
 
 
 def test_a_run_sessions_lock_dies_with_its_process(fast):
-    _, base = fast.case(owner="bob")
+    rel, base = fast.case(owner="bob")
     f = base / "d/f"
+    on_bobs_mount = fast.mnt2 / rel.lstrip("/") / "d/f"  # served by the other daemon
     with Worker(prefix=[AGENTFS, "run", "--agent", "writer", "-w", str(fast.ws.root), "--"]) as w:
         lock(w, f)
         info = lock_info(f)
         assert re.search(r"holder=writer .* session=\d+", info), info
         assert fast.w["bob"].err("open(p).read()", p=str(f)) == "EAGAIN"
+        with pytest.raises(BlockingIOError):
+            on_bobs_mount.read_text()
         # another session of the same agent is the same agent: not blocked
         assert fast.w["writer"].ok("open(p).read()", p=str(f)) == "hello\n"
-    # the session's process has exited: the lock is gone at once for everyone
+    # the session's process has exited: the lock is gone at once for everyone, on both daemons
     assert fast.w["bob"].ok("open(p).read()", p=str(f)) == "hello\n"
+    assert on_bobs_mount.read_text() == "hello\n"
     assert lock_info(f) == ""
     wait_for(lambda: f"/{base.name}/d/f" not in run([AGENTFS, "locks", "-w", str(fast.ws.root)]).stdout,
              timeout=10, what="the dead session's lock to be purged")
