@@ -66,9 +66,12 @@ DEFAULT_TTL = 300.0
 DEFAULT_WAIT = 5.0
 
 
+_MODES = {m.value: m for m in LockMode}
+
+
 def _lock_from_row(row: table.LockRow) -> Lock:
     path, agent, mode, session_id, token, acquired_ns, expires_ns = row
-    return Lock(path, LockMode(mode), agent, session_id, token, acquired_ns, expires_ns)
+    return Lock(path, _MODES[mode], agent, session_id, token, acquired_ns, expires_ns)
 
 
 def _row_from_lock(lock: Lock) -> table.LockRow:
@@ -96,6 +99,7 @@ class LockManager:
         self._data_version: int | None = None
         self._generation: int | None = None
         self._snap = Snapshot()
+        self._by_row: dict[table.LockRow, Lock] = {}
         self._changed = trio.Event()
         self._refresh()
 
@@ -130,9 +134,12 @@ class LockManager:
         if table.generation(self._rconn) == self._generation:
             return self._snap
         gen, rows, intent_rows = table.load(self._rconn)
-        self._snap = Snapshot(
-            (_lock_from_row(r) for r in rows),
-            (Intent(i, p, a, LockMode(m), e) for i, p, a, m, e in intent_rows))
+        # Rows that did not change keep their Lock: every change anywhere reloads the whole
+        # table, on the trio thread, and building the objects anew was half of that.
+        known = self._by_row
+        locks = [known.get(r) or _lock_from_row(r) for r in rows]
+        self._by_row = dict(zip(rows, locks))
+        self._snap = Snapshot(locks, (Intent(i, p, a, _MODES[m], e) for i, p, a, m, e in intent_rows))
         self._generation = gen
         return self._snap
 
