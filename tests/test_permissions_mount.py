@@ -405,8 +405,6 @@ def test_a_folder_moved_where_an_agent_may_not_look_is_gone_from_inside_too(env)
         bob.ok("os.chdir('/')")
 
 
-@pytest.mark.xfail(strict=True, reason="known gap: a daemon does not learn of renames made through another "
-                   "mount of the workspace (or natively); its inode table keeps the old path, and decides on it")
 def test_a_folder_moved_through_the_other_mount_is_closed_on_this_one(env):
     """bob's dedicated mount holds his cwd in /shared/proj; the supervisor moves it into /alice via the shared mount."""
     (env.mnt.path / "shared/proj").mkdir()

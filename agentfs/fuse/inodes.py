@@ -57,6 +57,7 @@ class InodeTable:
 
     def __init__(self, root_fd: int) -> None:
         st = os.fstat(root_fd)
+        self.root_real = os.readlink(f"/proc/self/fd/{root_fd}")
         self.root_dev = st.st_dev
         root = Inode(pyfuse3.ROOT_INODE, st.st_dev, st.st_ino, stat_mod.S_IFDIR, fd=root_fd, nlookup=1)
         self._by_ino: dict[int, Inode] = {root.ino: root}
@@ -178,6 +179,28 @@ class InodeTable:
                 return fd
             os.close(fd)
         raise Stale(node.ino)
+
+    def real_path(self, node: Inode) -> str | None:
+        """Where `node` is in the data tree now, as the kernel knows it.
+
+        Another daemon of the workspace (or an operator in the backing tree)
+        may have renamed it since we learnt its name; its descriptor's /proc
+        link follows it. None when unknowable (deleted, path beyond PATH_MAX,
+        not under the root): callers then use the names we know.
+        """
+        if node.ino == pyfuse3.ROOT_INODE:
+            return "/"
+        try:
+            fd = self.fd(node)
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except (Stale, OSError):
+            return None
+        if target.endswith(" (deleted)") and os.fstat(fd).st_nlink == 0:
+            return None
+        root = self.root_real
+        if len(target) > len(root) and target.startswith(root) and target[len(root)] == "/":
+            return target[len(root):]
+        return None
 
     def path(self, ino: int) -> str | None:
         """One workspace path of `ino` ("/" for the root), or None if it has no name left."""

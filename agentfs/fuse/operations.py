@@ -187,7 +187,8 @@ class Operations(pyfuse3.Operations):
         return self.gov.identify(ctx.uid, ctx.gid, ctx.pid)
 
     def _path(self, ino: int) -> str:
-        p = self.inodes.path(ino)
+        """The policy path of an inode: where the kernel says it is, else the names we know."""
+        p = self.inodes.real_path(self.inodes.get(ino)) or self.inodes.path(ino)
         if p is None:
             raise pyfuse3.FUSEError(errno.ENOENT)
         return p
