@@ -8,7 +8,6 @@ SIGHUP reloads the policy.
 
 from __future__ import annotations
 
-import errno
 import json
 import logging
 import os

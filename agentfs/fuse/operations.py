@@ -10,60 +10,21 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import functools
-import logging
 import os
 import stat as stat_mod
 import threading
-from typing import Any, Awaitable, Callable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import pyfuse3
-import trio
 
-from agentfs.core.governor import Access, Caller, Denied, OpenGovernor
+from agentfs.core.governor import Access, Caller, OpenGovernor
 from agentfs.fuse.handles import DirHandle, FileHandle
 from agentfs.fuse.inodes import Inode, InodeTable, Stale
+from agentfs.fuse.ops_dirs import DirOps
+from agentfs.fuse.ops_files import FileOps
+from agentfs.fuse.ops_xattrs import XattrOps
+from agentfs.fuse.requests import AT_FDCWD, SUID_SGID, check_name, handler, join, log
 from agentfs.store.backing import proc_path, renameat2, utimensat
-
-log = logging.getLogger(__name__)
-
-NAME_MAX = 255
-# O_NOFOLLOW was honoured by the kernel's lookup already; on the /proc
-# re-open of a descriptor it would refuse every file with ELOOP.
-_OPEN_DROP = os.O_CREAT | os.O_EXCL | os.O_NOCTTY | os.O_NOFOLLOW
-_AT_FDCWD = -100
-_SUID_SGID = stat_mod.S_ISUID | stat_mod.S_ISGID
-
-
-def handler(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
-    """Map every failure of a handler to a FUSEError; never let one escape."""
-
-    @functools.wraps(fn)
-    async def wrapper(self: "Operations", *args: Any) -> Any:
-        try:
-            return await fn(self, *args)
-        except pyfuse3.FUSEError:
-            raise
-        except Denied as e:
-            raise pyfuse3.FUSEError(e.errno) from None
-        except OSError as e:
-            raise pyfuse3.FUSEError(e.errno or errno.EIO) from None
-        except Stale:
-            raise pyfuse3.FUSEError(errno.ESTALE) from None
-        except Exception:
-            log.exception("internal error in %s%r", fn.__name__, args[:2])
-            raise pyfuse3.FUSEError(errno.EIO) from None
-
-    return wrapper
-
-
-def check_name(name: bytes) -> str:
-    """A single path component, as the backing filesystem would accept it."""
-    if len(name) > NAME_MAX:
-        raise pyfuse3.FUSEError(errno.ENAMETOOLONG)
-    if not name or b"/" in name or b"\0" in name or name in (b".", b".."):
-        raise pyfuse3.FUSEError(errno.EINVAL)
-    return os.fsdecode(name)
 
 
 def _paths_below(dir_fd: int, name: str, path: str) -> Iterator[str]:
@@ -103,40 +64,7 @@ def _paths_below(dir_fd: int, name: str, path: str) -> Iterator[str]:
             os.close(fd)
 
 
-def join(parent_path: str, name: str) -> str:
-    return parent_path + name if parent_path == "/" else f"{parent_path}/{name}"
-
-
-def _fd_for_write(flags: int) -> bool:
-    return (flags & os.O_ACCMODE) != os.O_RDONLY or bool(flags & os.O_TRUNC)
-
-
-def _open_taken_name(name: str, flags: int, dir_fd: int) -> int:
-    """Open a name that create() found taken, if it is a regular file.
-
-    The name may have become a FIFO or a device since the kernel's lookup: opened
-    here as root, a FIFO would block the whole daemon and a device would be served
-    through a regular file handle. Those answer ENXIO (as opening a socket does), a
-    directory EISDIR (as open(O_CREAT) of one does natively).
-    """
-    def check(mode: int) -> None:
-        if not stat_mod.S_ISREG(mode):
-            e = errno.EISDIR if stat_mod.S_ISDIR(mode) else errno.ENXIO
-            raise OSError(e, os.strerror(e))
-
-    check(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
-    fd = os.open(name, flags | os.O_NONBLOCK | os.O_NOCTTY, dir_fd=dir_fd)
-    try:
-        check(os.fstat(fd).st_mode)  # swapped in between: never served
-        if not flags & os.O_NONBLOCK:
-            os.set_blocking(fd, True)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
-class Operations(pyfuse3.Operations):
+class Operations(FileOps, DirOps, XattrOps, pyfuse3.Operations):
     supports_dot_lookup = False
     enable_writeback_cache = False
     enable_acl = False
@@ -269,7 +197,7 @@ class Operations(pyfuse3.Operations):
         os.chown(nm, uid, gid, dir_fd=pfd, follow_symlinks=False)
         st = os.stat(nm, dir_fd=pfd, follow_symlinks=False)
         lost = stat_mod.S_IMODE(mode) & ~stat_mod.S_IMODE(st.st_mode)
-        if lost & _SUID_SGID and stat_mod.S_ISREG(st.st_mode):
+        if lost & SUID_SGID and stat_mod.S_ISREG(st.st_mode):
             # chown cleared setuid/setgid of a regular file; put back the mode the kernel vetted.
             fd = os.open(nm, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=pfd)
             try:
@@ -374,7 +302,7 @@ class Operations(pyfuse3.Operations):
                 pnode, nm = self._a_link(node)
                 utimensat(self._fd(pnode), nm, at, mt)
             else:
-                utimensat(_AT_FDCWD, proc_path(fd), at, mt, follow=True)
+                utimensat(AT_FDCWD, proc_path(fd), at, mt, follow=True)
             changed.update({k: v for k, v in (("atime_ns", at), ("mtime_ns", mt)) if v is not None})
         if not changed:
             # chown(f, -1, -1) arrives as a setattr of nothing; natively it moves ctime, and so does
@@ -579,304 +507,3 @@ class Operations(pyfuse3.Operations):
         return self._entry(node, st, path)
 
     # ----- files ---------------------------------------------------------
-
-    @handler
-    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
-        if self._virtual(inode):
-            return await self.virtual.open(inode, flags, self._caller(ctx), self._new_fh)
-        node = self.inodes.get(inode)
-        path = self._path(inode)
-        caller = self._caller(ctx)
-        if not self.gov.visible(caller, path, False):
-            raise pyfuse3.FUSEError(errno.ENOENT)
-        writable = _fd_for_write(flags)
-        acc = flags & os.O_ACCMODE
-        need = ("r" if acc in (os.O_RDONLY, os.O_RDWR) else "") + ("w" if writable else "")
-        self.gov.require(caller, "open", path, need)
-        await self._lock_wait_names(caller, inode, path, Access.WRITE if writable else Access.READ)
-        fd = os.open(proc_path(self._fd(node)), (flags & ~_OPEN_DROP) | os.O_CLOEXEC)
-        return await self._opened(fd, node, caller, path, flags, writable, created=False)
-
-    async def _opened(self, fd: int, node: Inode, caller: Caller, path: str, flags: int,
-                      writable: bool, created: bool) -> pyfuse3.FileInfo:
-        direct = bool(flags & os.O_DIRECT)
-        h = FileHandle(fd, node.ino, caller, path, writable, direct)
-        fh = self._new_fh(h)
-        try:
-            if writable:
-                await self.gov.open_write(caller, fh, path)
-            if flags & os.O_TRUNC and not created:
-                await self.gov.record(caller, "truncate", path, details={"size": 0, "on": "open"})
-        except BaseException:
-            del self._handles[fh]
-            os.close(fd)
-            raise
-        # The kernel sends a client's O_DIRECT I/O straight to us without FOPEN_DIRECT_IO;
-        # setting that would only break mmap of the file (ENODEV), which works natively.
-        return pyfuse3.FileInfo(fh=fh, direct_io=False, keep_cache=not direct)
-
-    @handler
-    async def create(self, parent: int, name: bytes, mode: int, flags: int,
-                     ctx: pyfuse3.RequestContext) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
-        pnode, nm, path, caller = self._child_of(parent, name, ctx)
-        self._reject_virtual_name(parent, nm)
-        pfd = self._fd(pnode)
-        self.gov.require(caller, "create", path, "c")
-        await self.gov.lock_wait(caller, path, Access.WRITE, wait=False)
-        base = (flags & ~_OPEN_DROP) | os.O_CLOEXEC | os.O_NOFOLLOW
-        created = True
-        try:
-            fd = os.open(nm, base | os.O_CREAT | os.O_EXCL, stat_mod.S_IMODE(mode), dir_fd=pfd)
-        except FileExistsError:
-            if flags & os.O_EXCL:
-                raise
-            # The name exists after all (hidden from the caller, or made meanwhile): c on
-            # the name is no right to open, truncate or append to someone else's file.
-            acc = flags & os.O_ACCMODE
-            need = ("r" if acc in (os.O_RDONLY, os.O_RDWR) else "") + ("w" if _fd_for_write(flags) else "")
-            self.gov.require(caller, "open", path, need)
-            created = False
-            fd = _open_taken_name(nm, base, pfd)
-        try:
-            if created:
-                uid, gid = self._owner(pfd, ctx)
-                os.fchown(fd, uid, gid)
-                if mode & _SUID_SGID:  # chown cleared them; the kernel already vetted the mode
-                    os.fchmod(fd, stat_mod.S_IMODE(mode))
-            st = os.fstat(fd)
-            node = self.inodes.remember(parent, nm, st)
-        except BaseException:
-            os.close(fd)
-            raise
-        if created:
-            await self.gov.record(caller, "create", path, details={"mode": oct(stat_mod.S_IMODE(st.st_mode))})
-        fi = await self._opened(fd, node, caller, path, flags, created or _fd_for_write(flags), created)
-        return fi, self._entry(node, st, path)
-
-    @handler
-    async def read(self, fh: int, off: int, size: int) -> bytes:
-        h = self._handles.get(fh)
-        if not isinstance(h, FileHandle):
-            if self.virtual is not None and h is not None:
-                return await self.virtual.read(h, off, size)
-            raise pyfuse3.FUSEError(errno.EBADF)
-        return h.read(off, size)
-
-    @handler
-    async def write(self, fh: int, off: int, buf: bytes) -> int:
-        h = self._file(fh)
-        if not h.writable:
-            raise pyfuse3.FUSEError(errno.EBADF)
-        return h.write(off, buf)
-
-    @handler
-    async def flush(self, fh: int) -> None:
-        return None
-
-    @handler
-    async def release(self, fh: int) -> None:
-        h = self._handles.pop(fh, None)
-        if not isinstance(h, FileHandle):
-            if self.virtual is not None and h is not None:
-                self.virtual.release(h)
-            return
-        try:
-            if h.writable:
-                size = os.fstat(h.fd).st_size
-                stats = {"writes": h.writes, "bytes": h.nbytes, "ranges": h.ranges, "size": size}
-                self.gov.close_write(h.caller, fh, h.path, stats, os.dup(h.fd))
-        finally:
-            os.close(h.fd)
-
-    @handler
-    async def fsync(self, fh: int, datasync: bool) -> None:
-        h = self._file(fh)
-        await trio.to_thread.run_sync(os.fdatasync if datasync else os.fsync, h.fd)
-
-    # ----- directories ---------------------------------------------------
-
-    @handler
-    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
-        caller = self._caller(ctx)
-        if self._virtual(inode):
-            return await self.virtual.opendir(inode, caller, self._new_fh)
-        self.inodes.get(inode)
-        path = self._path(inode)
-        if not self.gov.visible(caller, path):
-            raise pyfuse3.FUSEError(errno.ENOENT)
-        await self.gov.lock_wait(caller, path, Access.READ)
-        return self._new_fh(DirHandle(inode, caller, path))
-
-    @handler
-    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
-        h = self._handles.get(fh)
-        if not isinstance(h, DirHandle):
-            raise pyfuse3.FUSEError(errno.EBADF)
-        if self.virtual is not None and self.virtual.owns(h.ino):
-            return await self.virtual.readdir(h, start_id, token)
-        node = self.inodes.get(h.ino)
-        dfd = self._fd(node)
-        if start_id == 0 or h.names is None:
-            # A snapshot per pass keeps offsets stable under concurrent changes;
-            # rewinddir (offset 0) takes a new one, as POSIX asks.
-            lfd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=dfd)
-            try:
-                names = os.listdir(lfd)
-            finally:
-                os.close(lfd)
-            if h.ino == pyfuse3.ROOT_INODE and self.virtual is not None:
-                names = [n for n in names if not self.virtual.reserved(n)] + self.virtual.root_names()
-            h.names = [".", ".."] + names
-        names = h.names
-        for i in range(start_id, len(names)):
-            nm = names[i]
-            if nm in (".", ".."):
-                ino = h.ino if nm == "." or h.ino == pyfuse3.ROOT_INODE else self._parent_of(node)
-                target = self.inodes.get(ino)
-                st = os.stat(self._fd(target))
-                if not pyfuse3.readdir_reply(token, os.fsencode(nm), self._entry(target, st, h.path), i + 1):
-                    return
-                continue
-            if h.ino == pyfuse3.ROOT_INODE and self.virtual is not None and self.virtual.reserved(nm):
-                attr = await self.virtual.root_entry(nm, h.caller)
-                if not pyfuse3.readdir_reply(token, os.fsencode(nm), attr, i + 1):
-                    return
-                self.virtual.looked_up(attr.st_ino)
-                continue
-            try:
-                st = os.stat(nm, dir_fd=dfd, follow_symlinks=False)
-            except FileNotFoundError:
-                continue
-            path = join(h.path, nm)
-            if not self.gov.visible(h.caller, path, stat_mod.S_ISDIR(st.st_mode)):
-                continue
-            child = self.inodes.remember(h.ino, nm, st)
-            if not pyfuse3.readdir_reply(token, os.fsencode(nm), self._entry(child, st, path), i + 1):
-                self.inodes.forget(child.ino, 1)
-                return
-
-    def _parent_of(self, node: Inode) -> int:
-        for parent, _ in node.links:
-            return parent
-        return pyfuse3.ROOT_INODE
-
-    @handler
-    async def releasedir(self, fh: int) -> None:
-        self._handles.pop(fh, None)
-
-    @handler
-    async def fsyncdir(self, fh: int, datasync: bool) -> None:
-        h = self._handles.get(fh)
-        if not isinstance(h, DirHandle) or self._virtual(h.ino):
-            return
-        dfd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=self._fd(self.inodes.get(h.ino)))
-        try:
-            await trio.to_thread.run_sync(os.fsync, dfd)
-        finally:
-            os.close(dfd)
-
-    @handler
-    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
-        sv = os.statvfs(self._fd(self.inodes.get(pyfuse3.ROOT_INODE)))
-        out = pyfuse3.StatvfsData()
-        for f in ("f_bsize", "f_frsize", "f_blocks", "f_bfree", "f_bavail", "f_files", "f_ffree",
-                  "f_favail", "f_namemax"):
-            setattr(out, f, getattr(sv, f))
-        return out
-
-    # ----- extended attributes -------------------------------------------
-
-    def _xattr_target(self, inode: int, name: bytes | None, reading: bool = False) -> tuple[Inode, str]:
-        if name is not None and not name.startswith(b"user."):
-            # Only user.* passes through: reading security.* finds nothing, anything else is unsupported.
-            missing = reading and name.startswith(b"security.")
-            raise pyfuse3.FUSEError(pyfuse3.ENOATTR if missing else errno.EOPNOTSUPP)
-        node = self.inodes.get(inode)
-        if node.kind == stat_mod.S_IFLNK:
-            raise pyfuse3.FUSEError(errno.EPERM if name is not None else pyfuse3.ENOATTR)
-        return node, proc_path(self._fd(node))
-
-    @handler
-    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
-        if name == b"security.capability":
-            # The kernel asks this before every write(); answer without a syscall.
-            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
-        if self._virtual(inode):
-            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
-        if self.virtual is not None and name.startswith(b"user.agentfs."):
-            return await self.virtual.get_control_xattr(inode, name, self._caller(ctx), self._path(inode))
-        path = self._path(inode)
-        caller = self._caller(ctx)
-        if not self.gov.visible(caller, path):
-            raise pyfuse3.FUSEError(errno.ENOENT)
-        self.gov.require(caller, "getxattr", path, "r")
-        node, target = self._xattr_target(inode, name, reading=True)
-        if node.kind == stat_mod.S_IFLNK:
-            raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
-        return os.getxattr(target, os.fsdecode(name))
-
-    @handler
-    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
-        if self._virtual(inode):
-            return []
-        node = self.inodes.get(inode)
-        path = self._path(inode)
-        caller = self._caller(ctx)
-        if not self.gov.visible(caller, path):
-            raise pyfuse3.FUSEError(errno.ENOENT)
-        self.gov.require(caller, "listxattr", path, "r")  # names are content too, as for getxattr
-        if node.kind == stat_mod.S_IFLNK:
-            return []
-        names = os.listxattr(proc_path(self._fd(node)))
-        return [os.fsencode(n) for n in names if n.startswith("user.")]
-
-    @handler
-    async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext) -> None:
-        if self._virtual(inode):
-            raise pyfuse3.FUSEError(errno.EROFS)
-        path = self._path(inode)
-        caller = self._caller(ctx)
-        if self.virtual is not None and name.startswith(b"user.agentfs."):
-            return await self.virtual.set_control_xattr(inode, name, value, caller, path)
-        if not self.gov.visible(caller, path):
-            raise pyfuse3.FUSEError(errno.ENOENT)
-        self.gov.require(caller, "setxattr", path, "w")
-        try:
-            await self._lock_wait_names(caller, inode, path, Access.WRITE, wait=False)
-        except Denied as e:
-            # Linux hands a setxattr EAGAIN to the caller as EOPNOTSUPP ("not supported"): say busy.
-            raise pyfuse3.FUSEError(errno.EBUSY if e.errno == errno.EAGAIN else e.errno) from None
-        _, target = self._xattr_target(inode, name)
-        os.setxattr(target, os.fsdecode(name), value)
-        await self.gov.record(caller, "setxattr", path, details={"name": os.fsdecode(name)})
-
-    @handler
-    async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        if self._virtual(inode):
-            raise pyfuse3.FUSEError(errno.EROFS)
-        path = self._path(inode)
-        caller = self._caller(ctx)
-        if self.virtual is not None and name.startswith(b"user.agentfs."):
-            return await self.virtual.remove_control_xattr(inode, name, caller, path)
-        if not self.gov.visible(caller, path):
-            raise pyfuse3.FUSEError(errno.ENOENT)
-        self.gov.require(caller, "removexattr", path, "w")
-        await self._lock_wait_names(caller, inode, path, Access.WRITE, wait=False)
-        _, target = self._xattr_target(inode, name)
-        os.removexattr(target, os.fsdecode(name))
-        await self.gov.record(caller, "removexattr", path, details={"name": os.fsdecode(name)})
-
-    @handler
-    async def access(self, inode: int, mode: int, ctx: pyfuse3.RequestContext) -> bool:
-        if self._virtual(inode):
-            return not (mode & os.W_OK)
-        path = self._path(inode)
-        caller = self._caller(ctx)
-        if not self.gov.visible(caller, path):
-            raise pyfuse3.FUSEError(errno.ENOENT)
-        need = ("r" if mode & os.R_OK else "") + ("w" if mode & os.W_OK else "")
-        try:
-            self.gov.require(caller, "access", path, need)
-        except Denied:
-            return False
-        return True

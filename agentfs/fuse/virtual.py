@@ -14,7 +14,7 @@ import logging
 import os
 import stat as stat_mod
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import pyfuse3

@@ -1,0 +1,159 @@
+"""Handlers of open files: open, create, read, write, release, fsync.
+
+The agent is resolved at open and kept on the handle: read, write and
+release carry no caller.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat as stat_mod
+
+import pyfuse3
+import trio
+
+from agentfs.core.governor import Access, Caller
+from agentfs.fuse.handles import FileHandle
+from agentfs.fuse.inodes import Inode
+from agentfs.fuse.requests import OPEN_DROP, SUID_SGID, fd_for_write, handler
+from agentfs.store.backing import proc_path
+
+
+def _open_taken_name(name: str, flags: int, dir_fd: int) -> int:
+    """Open a name that create() found taken, if it is a regular file.
+
+    The name may have become a FIFO or a device since the kernel's lookup: opened
+    here as root, a FIFO would block the whole daemon and a device would be served
+    through a regular file handle. Those answer ENXIO (as opening a socket does), a
+    directory EISDIR (as open(O_CREAT) of one does natively).
+    """
+    def check(mode: int) -> None:
+        if not stat_mod.S_ISREG(mode):
+            e = errno.EISDIR if stat_mod.S_ISDIR(mode) else errno.ENXIO
+            raise OSError(e, os.strerror(e))
+
+    check(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode)
+    fd = os.open(name, flags | os.O_NONBLOCK | os.O_NOCTTY, dir_fd=dir_fd)
+    try:
+        check(os.fstat(fd).st_mode)  # swapped in between: never served
+        if not flags & os.O_NONBLOCK:
+            os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+class FileOps:
+    @handler
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        if self._virtual(inode):
+            return await self.virtual.open(inode, flags, self._caller(ctx), self._new_fh)
+        node = self.inodes.get(inode)
+        path = self._path(inode)
+        caller = self._caller(ctx)
+        if not self.gov.visible(caller, path, False):
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        writable = fd_for_write(flags)
+        acc = flags & os.O_ACCMODE
+        need = ("r" if acc in (os.O_RDONLY, os.O_RDWR) else "") + ("w" if writable else "")
+        self.gov.require(caller, "open", path, need)
+        await self._lock_wait_names(caller, inode, path, Access.WRITE if writable else Access.READ)
+        fd = os.open(proc_path(self._fd(node)), (flags & ~OPEN_DROP) | os.O_CLOEXEC)
+        return await self._opened(fd, node, caller, path, flags, writable, created=False)
+
+    async def _opened(self, fd: int, node: Inode, caller: Caller, path: str, flags: int,
+                      writable: bool, created: bool) -> pyfuse3.FileInfo:
+        direct = bool(flags & os.O_DIRECT)
+        h = FileHandle(fd, node.ino, caller, path, writable, direct)
+        fh = self._new_fh(h)
+        try:
+            if writable:
+                await self.gov.open_write(caller, fh, path)
+            if flags & os.O_TRUNC and not created:
+                await self.gov.record(caller, "truncate", path, details={"size": 0, "on": "open"})
+        except BaseException:
+            del self._handles[fh]
+            os.close(fd)
+            raise
+        # The kernel sends a client's O_DIRECT I/O straight to us without FOPEN_DIRECT_IO;
+        # setting that would only break mmap of the file (ENODEV), which works natively.
+        return pyfuse3.FileInfo(fh=fh, direct_io=False, keep_cache=not direct)
+
+    @handler
+    async def create(self, parent: int, name: bytes, mode: int, flags: int,
+                     ctx: pyfuse3.RequestContext) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        pnode, nm, path, caller = self._child_of(parent, name, ctx)
+        self._reject_virtual_name(parent, nm)
+        pfd = self._fd(pnode)
+        self.gov.require(caller, "create", path, "c")
+        await self.gov.lock_wait(caller, path, Access.WRITE, wait=False)
+        base = (flags & ~OPEN_DROP) | os.O_CLOEXEC | os.O_NOFOLLOW
+        created = True
+        try:
+            fd = os.open(nm, base | os.O_CREAT | os.O_EXCL, stat_mod.S_IMODE(mode), dir_fd=pfd)
+        except FileExistsError:
+            if flags & os.O_EXCL:
+                raise
+            # The name exists after all (hidden from the caller, or made meanwhile): c on
+            # the name is no right to open, truncate or append to someone else's file.
+            acc = flags & os.O_ACCMODE
+            need = ("r" if acc in (os.O_RDONLY, os.O_RDWR) else "") + ("w" if fd_for_write(flags) else "")
+            self.gov.require(caller, "open", path, need)
+            created = False
+            fd = _open_taken_name(nm, base, pfd)
+        try:
+            if created:
+                uid, gid = self._owner(pfd, ctx)
+                os.fchown(fd, uid, gid)
+                if mode & SUID_SGID:  # chown cleared them; the kernel already vetted the mode
+                    os.fchmod(fd, stat_mod.S_IMODE(mode))
+            st = os.fstat(fd)
+            node = self.inodes.remember(parent, nm, st)
+        except BaseException:
+            os.close(fd)
+            raise
+        if created:
+            await self.gov.record(caller, "create", path, details={"mode": oct(stat_mod.S_IMODE(st.st_mode))})
+        fi = await self._opened(fd, node, caller, path, flags, created or fd_for_write(flags), created)
+        return fi, self._entry(node, st, path)
+
+    @handler
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        h = self._handles.get(fh)
+        if not isinstance(h, FileHandle):
+            if self.virtual is not None and h is not None:
+                return await self.virtual.read(h, off, size)
+            raise pyfuse3.FUSEError(errno.EBADF)
+        return h.read(off, size)
+
+    @handler
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        h = self._file(fh)
+        if not h.writable:
+            raise pyfuse3.FUSEError(errno.EBADF)
+        return h.write(off, buf)
+
+    @handler
+    async def flush(self, fh: int) -> None:
+        return None
+
+    @handler
+    async def release(self, fh: int) -> None:
+        h = self._handles.pop(fh, None)
+        if not isinstance(h, FileHandle):
+            if self.virtual is not None and h is not None:
+                self.virtual.release(h)
+            return
+        try:
+            if h.writable:
+                size = os.fstat(h.fd).st_size
+                stats = {"writes": h.writes, "bytes": h.nbytes, "ranges": h.ranges, "size": size}
+                self.gov.close_write(h.caller, fh, h.path, stats, os.dup(h.fd))
+        finally:
+            os.close(h.fd)
+
+    @handler
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        h = self._file(fh)
+        await trio.to_thread.run_sync(os.fdatasync if datasync else os.fsync, h.fd)
