@@ -31,8 +31,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import bench_targets as targets  # noqa: E402
-import bench_workloads as wl  # noqa: E402
+import bench_targets as targets
+import bench_workloads as wl
 
 log = logging.getLogger("bench")
 REPO = Path(__file__).resolve().parent.parent

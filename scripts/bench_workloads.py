@@ -17,7 +17,7 @@ import tarfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from collections.abc import Callable
 
 STDLIB = Path("/usr/lib/python3.11")
 QUICK_STDLIB_PARTS = ("email", "json", "http", "logging", "urllib", "xml")
