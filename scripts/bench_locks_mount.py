@@ -35,8 +35,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import bench_targets as targets  # noqa: E402
-import bench_workloads as wl  # noqa: E402
+import bench_targets as targets
+import bench_workloads as wl
 
 AGENTFS = str(Path(sys.executable).with_name("agentfs"))
 XATTR = "user.agentfs.lock"
@@ -166,7 +166,7 @@ def conflict_cost_us(ws_root: Path, paths: list[str], n: int = 20000) -> float:
     from agentfs.workspace import Workspace
 
     async def run() -> float:
-        lm = LockManager(Workspace.open(ws_root), lambda: {})
+        lm = LockManager(Workspace.open(ws_root), dict)
         try:
             best = float("inf")
             for _ in range(5):

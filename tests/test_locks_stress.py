@@ -15,14 +15,10 @@ from __future__ import annotations
 import collections
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
-from pathlib import Path
 
 import pytest
-
 from conftest import AGENTFS, make_workspace, mounted, run
 
 PROCS_PER_AGENT = 2
