@@ -117,11 +117,12 @@ class Mount:
 
 
 @contextlib.contextmanager
-def mounted(ws: Workspace, mnt: Path, *extra: str) -> Iterator[Mount]:
+def mounted(ws: Workspace, mnt: Path, *extra: str, prefix: tuple[str, ...] = ()) -> Iterator[Mount]:
+    """`prefix` runs `agentfs mount` under another command (e.g. prlimit)."""
     with contextlib.suppress(OSError):  # a stale mount here is `agentfs mount`'s to recover
         mnt.mkdir(parents=True, exist_ok=True)
         os.chmod(mnt, 0o755)
-    r = run([AGENTFS, "mount", str(ws.root), str(mnt), *extra], check=False)
+    r = run([*prefix, AGENTFS, "mount", str(ws.root), str(mnt), *extra], check=False)
     assert r.returncode == 0, f"mount failed: {r.stderr}"
     pid = int(r.stdout.strip().rsplit(" ", 1)[-1].rstrip(")"))
     m = Mount(ws, mnt, pid)

@@ -15,6 +15,7 @@ import mmap
 import multiprocessing
 import os
 import random
+import shutil
 import signal
 import threading
 import time
@@ -23,7 +24,8 @@ from pathlib import Path
 import pytest
 
 from agentfs.fuse.mounting import is_stale
-from conftest import Mount, mounted, wait_for
+from agentfs.fuse.daemon import inode_fd_budget
+from conftest import Mount, make_workspace, mounted, wait_for
 from posix_pair import outcome, tree
 
 
@@ -365,3 +367,25 @@ def test_create_never_opens_a_fifo_or_device_that_took_the_name(tmp_path):
         th.join(5)
         pytest.fail("create() blocked on a FIFO")
     assert results == {b"fifo": "ENXIO", b"dev": "ENXIO", b"dir": "EISDIR", b"file": "opened"}, results
+
+
+def test_more_files_than_descriptors_the_daemon_may_hold(workdir):
+    """A tree larger than the inode table's descriptor budget still works: old ones are closed and reopened."""
+    ws = make_workspace(workdir)
+    mnt = workdir / "mnt-fds"
+    with mounted(ws, mnt, prefix=("prlimit", "--nofile=2000:2000")) as m:
+        budget = inode_fd_budget(2000)
+        n = budget + 1000
+        per_dir = 500
+        for d in range(0, n, per_dir):
+            sub = mnt / f"d{d}"
+            sub.mkdir()
+            for i in range(min(per_dir, n - d)):
+                (sub / f"f{i}").write_bytes(b"x")
+        assert sum(len(os.listdir(mnt / f"d{d}")) for d in range(0, n, per_dir)) == n
+        held = len(os.listdir(f"/proc/{m.pid}/fd"))
+        assert held < budget + 200, held
+        for d in range(0, n, per_dir):
+            shutil.rmtree(mnt / f"d{d}")
+        assert [e for e in os.listdir(mnt) if e.startswith("d")] == []
+        assert m.answers()

@@ -59,11 +59,18 @@ def pidfile_for(ws: Workspace, mountpoint: Path) -> Path:
     return ws.run_path / f"mount-{h}.json"
 
 
-def _raise_fd_limit() -> None:
-    """Every inode the kernel knows pins one descriptor, as in passthrough_hp."""
+def _raise_fd_limit() -> int:
+    """Every inode the kernel knows may pin a descriptor, as in passthrough_hp; returns the limit."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        soft = hard
+    return soft
+
+
+def inode_fd_budget(limit: int) -> int:
+    """Descriptors the inode table may hold: the rest is for open files, SQLite, sockets."""
+    return max(256, int(limit * 0.6))
 
 
 def sd_notify(message: str) -> None:
@@ -105,14 +112,17 @@ def build_virtual(spec: MountSpec, gov: Any) -> Any:
 
 def serve(spec: MountSpec, ready_fd: int | None = None) -> int:
     """Mount and serve until unmounted or signalled; returns an exit status."""
+    from agentfs.fuse.inodes import FdCloser, InodeTable
     from agentfs.fuse.operations import Operations
 
     os.umask(0)
-    _raise_fd_limit()
+    fd_limit = _raise_fd_limit()
     ws = spec.workspace
     root_fd = os.open(ws.data_path, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     gov = build_governor(spec)
-    ops = Operations(root_fd, gov, build_virtual(spec, gov))
+    closer = FdCloser()
+    inodes = InodeTable(root_fd, max_fds=inode_fd_budget(fd_limit), close=closer)
+    ops = Operations(root_fd, gov, build_virtual(spec, gov), inodes=inodes)
     try:
         pyfuse3.init(ops, str(spec.mountpoint), mount_options(spec))
     except RuntimeError as e:
@@ -133,6 +143,7 @@ def serve(spec: MountSpec, ready_fd: int | None = None) -> int:
         except Exception:
             log.exception("unmounting failed")
         ops.inodes.close_all()
+        closer.stop()
         pidfile.unlink(missing_ok=True)
     return status
 

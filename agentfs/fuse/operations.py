@@ -69,9 +69,10 @@ class Operations(FileOps, DirOps, XattrOps, pyfuse3.Operations):
     enable_writeback_cache = False
     enable_acl = False
 
-    def __init__(self, root_fd: int, governor: OpenGovernor | None = None, virtual: Any = None) -> None:
+    def __init__(self, root_fd: int, governor: OpenGovernor | None = None, virtual: Any = None,
+                 inodes: InodeTable | None = None) -> None:
         super().__init__()
-        self.inodes = InodeTable(root_fd)
+        self.inodes = inodes or InodeTable(root_fd)
         self.gov = governor or OpenGovernor()
         self.virtual = virtual
         self._handles: dict[int, FileHandle | DirHandle] = {}
