@@ -29,6 +29,7 @@ from agentfs.workspace import FSNAME_PREFIX, Workspace
 log = logging.getLogger(__name__)
 
 MAX_WORKERS = 1024
+READAHEAD_KIB = 1024
 
 
 @dataclass
@@ -71,6 +72,25 @@ def _raise_fd_limit() -> int:
 def inode_fd_budget(limit: int) -> int:
     """Descriptors the inode table may hold: the rest is for open files, SQLite, sockets."""
     return max(256, int(limit * 0.6))
+
+
+def set_readahead(mountpoint: Path, kib: int = READAHEAD_KIB) -> None:
+    """Let the kernel read ahead 1 MiB at a time instead of 128 KiB.
+
+    Sequential reads then reach the daemon in 1 MiB requests, an eighth of
+    the round trips. Found through /proc/self/mountinfo: stat-ing the
+    mountpoint before the loop runs would deadlock, and the kernel sets its
+    own value when it hears our INIT reply, so this runs after that.
+    """
+    target = str(mountpoint)
+    try:
+        for line in Path("/proc/self/mountinfo").read_text().splitlines():
+            f = line.split(" ")
+            if len(f) > 4 and f[4].replace("\\040", " ") == target:
+                Path(f"/sys/class/bdi/{f[2]}/read_ahead_kb").write_text(str(kib))
+                return
+    except OSError as e:
+        log.info("read-ahead left at the kernel's default: %s", e)
 
 
 def sd_notify(message: str) -> None:
@@ -133,7 +153,7 @@ def serve(spec: MountSpec, ready_fd: int | None = None) -> int:
                                    "agent": spec.agent, "bare": spec.bare, "started": time.time()}))
     status = 0
     try:
-        trio.run(_main, ops, gov, ready_fd)
+        trio.run(_main, ops, gov, ready_fd, spec.mountpoint)
     except BaseException:
         log.exception("the FUSE loop failed")
         status = 1
@@ -160,17 +180,31 @@ def _report(ready_fd: int | None, line: str) -> None:
         pass
 
 
-async def _main(ops: Any, gov: Any, ready_fd: int | None) -> None:
+async def _main(ops: Any, gov: Any, ready_fd: int | None, mountpoint: Path) -> None:
     async with trio.open_nursery() as nursery:
         await nursery.start(gov.run)
         nursery.start_soon(_signals, gov, nursery.cancel_scope)
-        _report(ready_fd, "READY")
-        sd_notify("READY=1")
+        nursery.start_soon(_ready, mountpoint, ready_fd)
         # Requests blocked on another agent's lock hold a worker until they
         # time out; a high ceiling keeps the rest of the daemon answering.
         await pyfuse3.main(min_tasks=4, max_tasks=MAX_WORKERS)
         nursery.cancel_scope.cancel()
     await gov.aclose()
+
+
+async def _ready(mountpoint: Path, ready_fd: int | None) -> None:
+    """Say "ready" once the mount answers, and tune what the kernel set at INIT."""
+    try:
+        # Returns only after our loop has answered the kernel's INIT.
+        await trio.to_thread.run_sync(os.statvfs, str(mountpoint))
+    except OSError as e:
+        log.error("the new mount does not answer: %s", e)
+        _report(ready_fd, f"ERROR the new mount of {mountpoint} does not answer: {e.strerror}")
+        pyfuse3.terminate()
+        return
+    set_readahead(mountpoint)
+    _report(ready_fd, "READY")
+    sd_notify("READY=1")
 
 
 async def _signals(gov: Any, scope: trio.CancelScope) -> None:
