@@ -212,9 +212,9 @@ def main() -> None:
         vectors = _vectors(db, emb)
         if embed is not None:
             nd, rc = quality(db, queries, qrels, embed, vectors)
-            print(f"hybrid (BM25 + MiniLM, RRF): nDCG@10 {nd:.4f}  recall@100 {rc:.4f}")
+            print(f"hybrid (BM25 + MiniLM fused):  nDCG@10 {nd:.4f}  recall@100 {rc:.4f}")
         nd, rc = quality(db, queries, qrels, None, None)
-        print(f"BM25 only (FTS5):            nDCG@10 {nd:.4f}  recall@100 {rc:.4f}")
+        print(f"BM25 only (FTS5):             nDCG@10 {nd:.4f}  recall@100 {rc:.4f}")
         qtexts = [queries[q] for q in qrels]
         n_chunks = db.stats()["chunks"]
         print(f"query latency at {n_chunks} chunks (k=10, query embedding included): "

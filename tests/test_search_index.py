@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 
 from agentfs.search import extract as extract_mod
 from agentfs.search.embedder import load_embedder
-from agentfs.search.index import IndexDB
+from agentfs.search.index import ChunkRow, IndexDB
 from agentfs.search.indexer import Indexer
-from agentfs.search.ranking import fts_query, search
+from agentfs.search.ranking import _fuse, fts_query, search
 from agentfs.search.vectors import VectorCache
 from agentfs.workspace import Workspace
 
@@ -311,3 +311,53 @@ def test_minilm_embeddings_are_sane(minilm):
     # sentence-transformers gives 0.7553 for the first pair with the reference implementation.
     assert abs(sim[0, 1] - 0.7553) < 0.01
     assert sim[0, 2] < 0.1
+
+
+class _FakeRanks:
+    """Just enough of IndexDB for _fuse: where chunks are and their text."""
+
+    def __init__(self, chunks: dict[int, str]) -> None:
+        self.chunks = chunks
+
+    def chunk_rows(self, ids: list[int]) -> dict[int, ChunkRow]:
+        return {i: ChunkRow(i, self.chunks[i], i, i, "") for i in ids if i in self.chunks}
+
+    def chunk_texts(self, ids: list[int]) -> dict[int, str]:
+        return {i: f"chunk {i}" for i in ids}
+
+
+def test_a_file_scores_the_mean_of_its_best_normalised_chunk_scores():
+    # /a.md: chunk 1 is the keyword favourite, chunk 2 the semantic one: both credit /a.md.
+    db = _FakeRanks({1: "/a.md", 2: "/a.md", 3: "/b.md", 4: "/c.md"})
+    hits, gone = _fuse(db, [(1, 10.0), (3, 5.0), (4, 0.0)],  # type: ignore[arg-type]
+                       [(2, 0.9), (3, 0.5), (4, 0.1), (99, 0.05)], 10, None, None)
+    assert [(h.path, h.score) for h in hits] == [("/a.md", 1.0), ("/b.md", 0.5), ("/c.md", 0.0)]
+    assert hits[0].snippet in ("chunk 1", "chunk 2")
+    assert gone == [99]
+
+
+def test_a_retrievers_confidence_counts_not_just_its_order():
+    # Keywords find /a.md far ahead of the rest; vectors barely separate the
+    # top three. Rank fusion would put /b.md (2nd and 1st) first.
+    db = _FakeRanks({1: "/a.md", 2: "/b.md", 3: "/c.md", 4: "/d.md"})
+    hits, _ = _fuse(db, [(1, 10.0), (2, 1.0), (3, 0.9), (4, 0.0)],  # type: ignore[arg-type]
+                    [(2, 0.50), (3, 0.49), (1, 0.48), (4, 0.0)], 10, None, None)
+    assert [h.path for h in hits][:2] == ["/a.md", "/b.md"]
+
+
+def test_a_lone_keyword_match_scores_one(tmp_path: Path):
+    env = Env(tmp_path / "ws", None)
+    env.write("/a.md", "retry uploads with backoff\n")
+    env.write("/b.md", "nothing related\n")
+    env.sync()
+    hits, _ = search(env.db, "backoff", embed=None)
+    assert [(h.path, h.score) for h in hits] == [("/a.md", 1.0)]
+
+
+def test_a_hidden_file_does_not_shift_the_scores_of_visible_ones():
+    db = _FakeRanks({1: "/secret.md", 2: "/a.md", 3: "/b.md"})
+    filtered, _ = _fuse(db, [(1, 10.0), (2, 5.0), (3, 1.0)], [(1, 0.9), (3, 0.6), (2, 0.5)],  # type: ignore[arg-type]
+                        10, None, lambda p: p != "/secret.md")
+    absent, _ = _fuse(db, [(2, 5.0), (3, 1.0)], [(3, 0.6), (2, 0.5)], 10, None, None)  # type: ignore[arg-type]
+    assert [(h.path, h.score) for h in filtered] == [(h.path, h.score) for h in absent]
+    assert [h.score for h in filtered] == [0.5, 0.5]

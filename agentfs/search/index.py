@@ -271,11 +271,12 @@ class IndexDB:
 
     # -- queries ---------------------------------------------------------------------
 
-    def keyword_search(self, match: str, limit: int) -> list[int]:
-        """Chunk ids, best BM25 first; `match` must already be a safe FTS5 expression."""
-        return [r[0] for r in self.conn.execute(
-            "SELECT rowid FROM chunk_fts WHERE chunk_fts MATCH ? ORDER BY bm25(chunk_fts, 1.0, 0.5) LIMIT ?",
-            (match, limit))]
+    def keyword_search(self, match: str, limit: int) -> list[tuple[int, float]]:
+        """(chunk id, BM25 score: higher is better), best first; `match` must already be
+        a safe FTS5 expression."""
+        return [(r[0], -r[1]) for r in self.conn.execute(
+            "SELECT rowid, bm25(chunk_fts, 1.0, 0.5) AS s FROM chunk_fts WHERE chunk_fts MATCH ? "
+            "ORDER BY s LIMIT ?", (match, limit))]
 
     def vector_search(self, vector: np.ndarray, limit: int) -> list[tuple[int, float]]:
         """(chunk id, cosine similarity), nearest first."""
