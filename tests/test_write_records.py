@@ -50,3 +50,16 @@ def test_auditing_a_write_does_not_move_the_files_atime(mount):
         f.write("more")
     wait_for(lambda: len(_writes(mount.ws, "/atime.txt")) == 2, what="both write records")
     assert os.stat(mount.ws.data_path / "atime.txt").st_atime_ns == old
+
+
+def test_chmod_and_chown_to_the_same_values_leave_no_record_but_real_changes_do(mount):
+    p = mount.path / "meta.txt"
+    p.write_text("x")
+    os.chmod(p, 0o644)
+    os.chown(p, 0, 0)
+    os.chmod(p, 0o600)
+    os.utime(p, ns=(1_000_000_000, 2_000_000_000))
+    def setattrs():
+        return [r["details"] for r in iter_records(mount.ws, path_glob="/meta.txt") if r["op"] == "setattr"]
+    got = wait_for(lambda: len(setattrs()) >= 2 and setattrs(), what="the setattr records")
+    assert got == [{"mode": "0o600"}, {"atime_ns": 1_000_000_000, "mtime_ns": 2_000_000_000}]

@@ -270,6 +270,7 @@ class Operations(FileOps, DirOps, XattrOps, pyfuse3.Operations):
         await self._lock_wait_names(caller, inode, path, Access.WRITE, wait=False)
         fd = self._fd(node)
         is_link = node.kind == stat_mod.S_IFLNK
+        before = os.stat(fd)
         changed: dict[str, Any] = {}
         if fields.update_size:
             h = self._handles.get(fh) if fh is not None else None
@@ -314,6 +315,13 @@ class Operations(FileOps, DirOps, XattrOps, pyfuse3.Operations):
             else:
                 os.chown(proc_path(fd), -1, -1)
         st = os.stat(fd)
+        # A chmod/chown to the values already there (tar does both for every
+        # file) moved only ctime: it is done, but there is nothing to record.
+        if "mode" in changed and stat_mod.S_IMODE(before.st_mode) == stat_mod.S_IMODE(st.st_mode):
+            del changed["mode"]
+        for key, old_v, new_v in (("uid", before.st_uid, st.st_uid), ("gid", before.st_gid, st.st_gid)):
+            if key in changed and old_v == new_v:
+                del changed[key]
         if changed:
             op = "truncate" if list(changed) == ["size"] else "setattr"
             await self.gov.record(caller, op, path, details=changed)
