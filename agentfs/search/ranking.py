@@ -173,7 +173,7 @@ def _fuse(db: IndexDB, bm: list[tuple[int, float]], vec: list[tuple[int, float]]
     min-max normalised; a file takes, in each list, the score of its best
     chunk (max-passage), and its fused score is the mean over the retrievers
     that ran. This is the convex combination with equal weights (OpenSearch's
-    and Weaviate's default hybrid fusion). Unlike reciprocal rank fusion it
+    default hybrid fusion: min_max, arithmetic_mean). Unlike rank fusion it
     keeps how much better the first candidates are than the rest, which
     matters when one retriever is sure and the other is not: on SciFact it
     scores about 0.012 nDCG@10 higher than RRF over the same lists (see
