@@ -295,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
         if ratios:
             figures["cpu_ratio_range"] = [min(ratios), max(ratios)]
             print(f"\nlocked/idle daemon CPU of the workloads using >= 0.2 s of it: {min(ratios):.3f} .. "
-                  f"{max(ratios):.3f} (on a busy machine runs differ by this much either way; the share below is exact)")
+                  f"{max(ratios):.3f} (on a busy machine runs differ by this much either way; the share below is measured directly)")
         # small_files checks locks twice a file (create, unlink); its daemon CPU per file is the base
         sf = res.get("small_files", {}).get("idle")
         if sf:
