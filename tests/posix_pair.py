@@ -208,3 +208,30 @@ class Pair:
         assert not only_n and not only_m, f"names differ: native only {only_n}, mount only {only_m}"
         diff = {k: (tn[k], tm[k]) for k in tn if tn[k] != tm[k]}
         assert not diff, f"entries differ (native, mount): {diff}"
+
+
+@contextlib.contextmanager
+def live_mount_beside_native(prefix: str):
+    """A mount of an open workspace and a native directory on the same filesystem.
+
+    At the end the mount must still answer and its daemon must have logged no
+    internal error (an exception that reached the handler wrapper).
+    """
+    import shutil
+    import tempfile
+
+    from conftest import make_workspace, mounted
+
+    base = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    os.chmod(base, 0o755)
+    ws = make_workspace(base)
+    native = base / "native"
+    native.mkdir()
+    try:
+        with mounted(ws, base / "mnt") as m:
+            yield m, native
+            assert m.answers() and m.alive()
+        logs = "".join(p.read_text(errors="replace") for p in ws.run_path.glob("mount-*.log"))
+        assert "internal error" not in logs, logs
+    finally:
+        shutil.rmtree(base, ignore_errors=True)

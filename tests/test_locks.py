@@ -582,7 +582,7 @@ async def test_unpublished_write_is_seen_by_the_safety_recheck(lm, ws):
     from agentfs.store import db, locks_table
     assert lm.conflict("bob", "/f", R) is None
     conn = db.connect(ws)
-    with locks_table.immediate(conn):
+    with db.immediate(conn):
         locks_table.upsert_lock(conn, ("/f", "ghost", "exclusive", None, 999, 0, 2**62))
         locks_table.bump_generation(conn)
     conn.close()

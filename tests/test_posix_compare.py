@@ -14,15 +14,13 @@ import os
 import shutil
 import stat
 import subprocess
-import tempfile
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from conftest import make_workspace, mounted
-from posix_pair import (RENAME_EXCHANGE, RENAME_NOREPLACE, UTIME_NOW, UTIME_OMIT, Pair, as_user, outcome,
+from posix_pair import (live_mount_beside_native, RENAME_EXCHANGE, RENAME_NOREPLACE, UTIME_NOW, UTIME_OMIT, Pair, as_user, outcome,
                         renameat2, sig, utimensat)
 
 T1, T2 = 2901, 2902
@@ -31,19 +29,8 @@ _counter = itertools.count()
 
 @pytest.fixture(scope="module")
 def live(users):
-    base = Path(tempfile.mkdtemp(prefix="agentfs-pc-", dir="/tmp"))
-    os.chmod(base, 0o755)
-    ws = make_workspace(base)
-    native = base / "native"
-    native.mkdir()
-    try:
-        with mounted(ws, base / "mnt") as m:
-            yield m, native
-            assert m.answers() and m.alive()
-        logs = "".join(p.read_text(errors="replace") for p in ws.run_path.glob("mount-*.log"))
-        assert "internal error" not in logs, logs
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
+    with live_mount_beside_native("agentfs-pc-") as pair:
+        yield pair
 
 
 @pytest.fixture

@@ -12,14 +12,12 @@ from __future__ import annotations
 import os
 import random
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
 import pytest
 
-from conftest import make_workspace, mounted
-from posix_pair import RENAME_EXCHANGE, RENAME_NOREPLACE, Pair, renameat2
+from posix_pair import live_mount_beside_native, RENAME_EXCHANGE, RENAME_NOREPLACE, Pair, renameat2
 
 T1 = 2901
 TOP = ["a", "b", "c", "d", "e"]
@@ -29,19 +27,8 @@ LEAVES = [p for p in POOL if p not in ("a", "b")]
 
 @pytest.fixture(scope="module")
 def live(users):
-    base = Path(tempfile.mkdtemp(prefix="agentfs-rc-", dir="/tmp"))
-    os.chmod(base, 0o755)
-    ws = make_workspace(base)
-    native = base / "native"
-    native.mkdir()
-    try:
-        with mounted(ws, base / "mnt") as m:
-            yield m, native
-            assert m.answers() and m.alive()
-        logs = "".join(p.read_text(errors="replace") for p in ws.run_path.glob("mount-*.log"))
-        assert "internal error" not in logs, logs
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
+    with live_mount_beside_native("agentfs-rc-") as pair:
+        yield pair
 
 
 def _pair(live: Any, name: str) -> Pair:

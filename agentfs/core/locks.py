@@ -147,7 +147,7 @@ class LockManager:
     def _write(self) -> Iterator[sqlite3.Connection]:
         """A write transaction on this manager's connection, announced on the beacon once committed."""
         with self._wmutex:
-            with table.immediate(self._wconn) as conn:
+            with db.immediate(self._wconn) as conn:
                 yield conn
             if self._beacon is not None:
                 self._beacon.publish(table.generation(self._wconn))

@@ -18,7 +18,7 @@ import sqlite3
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator
 
-from agentfs.store.db import register_schema
+from agentfs.store.db import immediate, register_schema
 
 register_schema("audit_log", """
 CREATE TABLE IF NOT EXISTS audit_log (
@@ -172,15 +172,8 @@ def append(conn: sqlite3.Connection, records: list[NewRecord], genesis: str, cha
     and its in-flight row (or a write record and its removal) are atomic;
     so does `journal_mark` (journal key, last entry number now applied).
     """
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        out = _apply(conn, records, genesis, chain, inflight_add, inflight_del, journal_mark)
-        conn.execute("COMMIT")
-        return out
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
+    with immediate(conn):
+        return _apply(conn, records, genesis, chain, inflight_add, inflight_del, journal_mark)
 
 
 def journal_applied(conn: sqlite3.Connection, key: str) -> int:
@@ -197,8 +190,7 @@ def replay_journal(conn: sqlite3.Connection, key: str,
     One transaction reads how far the journal was applied and moves the
     mark, so two daemons replaying the same journal append each entry once.
     """
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with immediate(conn):
         done = journal_applied(conn, key)
         todo = [e for e in entries if e[0] > done]
         records = [e[1] for e in todo]
@@ -207,12 +199,7 @@ def replay_journal(conn: sqlite3.Connection, key: str,
         dels = [d for (_n, _r, _a, d) in todo if d is not None]
         if todo:
             _apply(conn, records, genesis, chain, adds, dels, (key, todo[-1][0]))
-        conn.execute("COMMIT")
         return len(todo)
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
 
 
 def forget_journal(conn: sqlite3.Connection, key: str) -> None:
@@ -228,19 +215,13 @@ def recover_inflight(conn: sqlite3.Connection, is_dead: Callable[[dict[str, Any]
     One transaction, so that two daemons starting together record each
     interrupted handle once.
     """
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with immediate(conn):
         dead = [r for r in inflight(conn) if is_dead(r)]
         if dead:
             _insert(conn, [record_for(r) for r in dead], genesis, chain)
             conn.executemany("DELETE FROM audit_inflight WHERE daemon_id = ? AND handle_id = ?",
                              [(r["daemon_id"], r["handle_id"]) for r in dead])
-        conn.execute("COMMIT")
         return len(dead)
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
 
 
 def inflight(conn: sqlite3.Connection) -> list[dict[str, Any]]:
@@ -355,29 +336,17 @@ def archive_range(conn: sqlite3.Connection, upto_seq: int,
     leaves the records in both places at worst, never in neither.
     Returns how many records moved.
     """
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with immediate(conn):
         rows = [_row(r) for r in conn.execute(f"{_SELECT} WHERE seq <= ? ORDER BY seq", (upto_seq,))]
         if not rows:
-            conn.execute("ROLLBACK")
             return 0
         write_segment(rows)
         conn.execute("DELETE FROM audit_log WHERE seq <= ?", (rows[-1]["seq"],))
         conn.executemany("INSERT OR REPLACE INTO audit_meta (key, value) VALUES (?, ?)",
                          [("archived_seq", str(rows[-1]["seq"])), ("archived_hash", rows[-1]["hash"])])
-        conn.execute("COMMIT")
         return len(rows)
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
 
 
-def recent_agents(conn: sqlite3.Connection, since_ns: int) -> list[tuple[str, int, int]]:
-    """(agent, records, newest ts_ns) for agents with records since `since_ns`, newest first."""
-    return conn.execute(
-        "SELECT agent, COUNT(*), MAX(ts_ns) FROM audit_log WHERE ts_ns >= ? GROUP BY agent ORDER BY 3 DESC",
-        (since_ns,)).fetchall()
 
 
 def recent_agents(conn: sqlite3.Connection, since_ns: int) -> list[tuple[str, int, int]]:

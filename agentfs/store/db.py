@@ -8,12 +8,13 @@ with a busy timeout instead of failing on contention.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import pkgutil
 import sqlite3 as _stdlib_sqlite3
 from types import ModuleType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 from agentfs.errors import WorkspaceError
 
@@ -85,3 +86,20 @@ def connect(ws: "Workspace", *, readonly: bool = False, timeout: float = 30.0) -
             for ddl in _SCHEMAS.values():
                 conn.executescript(ddl)
     return conn
+
+
+@contextlib.contextmanager
+def immediate(conn: _stdlib_sqlite3.Connection) -> Iterator[_stdlib_sqlite3.Connection]:
+    """One write transaction taken up front (BEGIN IMMEDIATE), committed or rolled back.
+
+    Taking the write lock first means two daemons never both read a state
+    (the audit head, the lock table) and then both act on it.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")

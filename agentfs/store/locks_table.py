@@ -19,9 +19,7 @@ import mmap
 import os
 import sqlite3
 import struct
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from agentfs.store.db import register_schema
 
@@ -59,18 +57,6 @@ LockRow = tuple[str, str, str, "int | None", int, int, int]
 IntentRow = tuple[int, str, str, str, int]
 
 _LOCK_COLS = "path, agent, mode, session_id, token, acquired_ns, expires_ns"
-
-
-@contextmanager
-def immediate(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
-    """One write transaction taken up front (BEGIN IMMEDIATE), committed or rolled back."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield conn
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
 
 
 def data_version(conn: sqlite3.Connection) -> int:

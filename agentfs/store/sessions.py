@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from typing import Iterable
 
-from agentfs.store.db import register_schema
+from agentfs.store.db import immediate, register_schema
 
 register_schema("sessions", """
 CREATE TABLE IF NOT EXISTS sessions (
@@ -45,16 +45,11 @@ class SessionRow:
 def create_session(conn: sqlite3.Connection, agent: str, pid: int, start_time: int, uid: int) -> int:
     """Register a session root; older live rows for the same pid are stale and end now."""
     now = time.time_ns()
-    conn.execute("BEGIN IMMEDIATE")
-    try:
+    with immediate(conn):
         conn.execute("UPDATE sessions SET ended_ns = ? WHERE pid = ? AND ended_ns IS NULL", (now, pid))
         cur = conn.execute(
             "INSERT INTO sessions (agent, pid, start_time, uid, created_ns) VALUES (?, ?, ?, ?, ?)",
             (agent, pid, start_time, uid, now))
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
     return int(cur.lastrowid)
 
 
@@ -75,16 +70,11 @@ def end_sessions(conn: sqlite3.Connection, ids: Iterable[int], ended_ns: int | N
     if not ids:
         return 0
     now = ended_ns or time.time_ns()
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        n = 0
+    n = 0
+    with immediate(conn):
         for sid in ids:
             n += conn.execute("UPDATE sessions SET ended_ns = ? WHERE id = ? AND ended_ns IS NULL",
                               (now, sid)).rowcount
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
     return n
 
 
