@@ -405,6 +405,24 @@ def test_a_folder_moved_where_an_agent_may_not_look_is_gone_from_inside_too(env)
         bob.ok("os.chdir('/')")
 
 
+def test_entries_cached_after_a_move_stay_hidden_from_a_cwd_left_inside(env):
+    """After /pub/later moves into /alice, alice's own lookups inside it are cached for her area;
+    bob, whose cwd stayed inside, must not reach those cached entries by name."""
+    (env.mnt.path / "pub/later").mkdir(mode=0o777)
+    os.chmod(env.mnt.path / "pub/later", 0o777)
+    bob = env.bob
+    bob.ok("os.chdir(p)", p=env.p("pub/later"))
+    try:
+        os.rename(env.mnt.path / "pub/later", env.mnt.path / "alice/later")
+        env.alice.ok("open(p, 'w').write('made after the move')", p=env.p("alice/later/fresh.md"))
+        for _ in range(3):  # alice's own stats would fill the kernel's cache
+            assert env.alice.ok("os.stat(p).st_size", p=env.p("alice/later/fresh.md")) > 0
+        assert bob.err("os.stat('fresh.md')") == "ENOENT"
+        assert bob.err("open('fresh.md').read()") == "ENOENT"
+    finally:
+        bob.ok("os.chdir('/')")
+
+
 def test_a_folder_moved_through_the_other_mount_is_closed_on_this_one(env):
     """bob's dedicated mount holds his cwd in /shared/proj; the supervisor moves it into /alice via the shared mount."""
     (env.mnt.path / "shared/proj").mkdir()
@@ -530,13 +548,13 @@ RECV_FD = "s = socket.socket(fileno=os.dup(sfd))\n_, fds, _, _ = socket.recv_fds
 def test_fd_passed_from_another_agent_keeps_the_openers_rights(env):
     """A descriptor passed over SCM_RIGHTS is the opener's open, checked when it was opened.
 
-    read/write carry no caller, so data written through a passed descriptor
-    goes through as the opener's handle (and is audited as the opener's).
-    But the kernel makes some requests as the *receiver*: fstat, the
-    attribute refresh before each read, ftruncate, lseek(SEEK_END). Those
-    are checked against the receiver, so a receiver who cannot see the file
-    cannot read it even through the descriptor, and cannot truncate it unless
-    it has w itself. In no case can the receiver open the path on its own.
+    As natively, the descriptor is the capability: reads and writes through
+    it go through as the opener's handle (and are audited as the opener's),
+    and so do the attribute refreshes the kernel makes around them (fstat,
+    before reads), whatever the cache timing. Requests that change the file
+    by the receiver's own hand (ftruncate, a setattr) are checked against the
+    receiver; and in no case can the receiver open the path on its own, nor
+    re-open the descriptor through /proc.
     """
     env.data("only_r/fd.txt").write_text("0123456789\n")
     os.chmod(env.data("only_r/fd.txt"), 0o666)
@@ -548,11 +566,12 @@ def test_fd_passed_from_another_agent_keeps_the_openers_rights(env):
                 alice.ok(SEND_FD, block=True, sfd=a_end.fileno(), p=env.p(rel), flag=flag)
                 return bob.ok(RECV_FD, block=True, sfd=b_end.fileno())
 
-            # alice's private file, read-only: bob can neither read it through the fd nor open it himself
+            # alice's private file, read-only: bob reads what alice handed him, and nothing more
             fd = handed("alice/secret.txt", os.O_RDONLY)
-            assert bob.err("os.pread(fd, 1000, 0)", fd=fd) == "ENOENT"
-            assert bob.err("os.fstat(fd)", fd=fd) == "ENOENT"
+            assert bob.ok("os.pread(fd, 1000, 0).decode()", fd=fd) == SECRET
+            assert bob.ok("os.fstat(fd).st_size", fd=fd) == len(SECRET.encode())
             assert bob.err("os.pwrite(fd, b'x', 0)", fd=fd) == "EBADF"
+            assert bob.err("os.ftruncate(fd, 0)", fd=fd) in ("EBADF", "EINVAL", "ENOENT")
             assert bob.err(READ, p=env.p("alice/secret.txt")) == "ENOENT"
             assert bob.err("os.close(os.open(f'/proc/self/fd/{fd}', os.O_RDONLY))", fd=fd) == "ENOENT"
             bob.ok("os.close(fd)", fd=fd)

@@ -479,3 +479,16 @@ def test_link_leak(design: Policy) -> None:
     assert design.link_leak("/drafts/a.md", "/drafts/b.md") is None
     # into a place where some lose rights but nobody gains: allowed
     assert design.link_leak("/research/a.md", "/drafts/secret/a.md") is None
+
+
+def test_cacheable_asks_only_the_agents_that_can_see_the_parent() -> None:
+    p = Policy.from_text(
+        '[workspace]\ndefault_agent = "nobody"\n'
+        '[agents.a]\nrules = [{ path = "/a/**", allow = "rwcdl" }, { path = "/shared/**", allow = "r" }]\n'
+        '[agents.b]\nrules = [{ path = "/b/**", allow = "rwcdl" }, { path = "/shared/**", allow = "r" },\n'
+        '  { path = "/shared/only-a/**", deny = "r" }]\n')
+    assert not p.same_view("/a/x") and p.cacheable("/a/x")      # only a sees /a: its area caches
+    assert not p.cacheable("/a")                                 # /a itself differs among all who see "/"
+    assert p.cacheable("/shared/doc")                            # a and b both see it
+    assert not p.cacheable("/shared/only-a")                     # both see /shared, only a sees this
+    assert p.cacheable("/shared/only-a/deeper")                  # only a sees its parent

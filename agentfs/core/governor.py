@@ -65,8 +65,12 @@ class OpenGovernor:
     def check_link(self, caller: Caller, src_path: str, new_path: str) -> None:
         """Raise Denied if a hard link would carry a file where someone gains rights on it."""
 
-    def timeout(self, path: str) -> float:
-        """Kernel entry/attr cache time for `path`: 0 where agents see it differently."""
+    def timeout(self, path: str, strict: bool = False) -> float:
+        """Kernel entry/attr cache time for `path`: 0 where agents see it differently.
+
+        `strict`: the entry lies in a directory that moved or whose policy changed
+        while processes may hold references (cwd, descriptors) inside it.
+        """
         return self.cache_seconds
 
     async def lock_wait(self, caller: Caller, path: str, access: Access, subtree: bool = False,

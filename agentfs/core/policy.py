@@ -47,6 +47,7 @@ class Policy:
         self._visible = functools.lru_cache(maxsize=_CACHE_SIZE)(self._compute_visible)
         self._uniform = functools.lru_cache(maxsize=_CACHE_SIZE)(self._compute_uniform)
         self._same_view = functools.lru_cache(maxsize=_CACHE_SIZE)(self._compute_same_view)
+        self._cacheable = functools.lru_cache(maxsize=_CACHE_SIZE)(self._compute_cacheable)
 
     # -- loading ----------------------------------------------------------
 
@@ -169,6 +170,31 @@ class Policy:
     def _compute_same_view(self, path: str) -> bool:
         first: tuple[bool, bool] | None = None
         for name in self._uniform_groups(_first_segment(path)):
+            seen = (self._visible(name, path, True), self._visible(name, path, False))
+            if first is None:
+                first = seen
+            elif seen != first:
+                return False
+        return True
+
+    def cacheable(self, path: str) -> bool:
+        """True if every agent that can see the parent of `path` sees `path` alike.
+
+        That is what lets the kernel cache the entry for everyone: its shared
+        dentry cache is reached only by walking through the parent, and an
+        agent that cannot see the parent is stopped there (or higher), where
+        the entry is not cacheable and the daemon answers ENOENT. Looser than
+        same_view(): an agent's private area caches for that agent, and only
+        its top directory is looked up every time.
+        """
+        return self._cacheable(path)
+
+    def _compute_cacheable(self, path: str) -> bool:
+        parent = path.rsplit("/", 1)[0] or "/"
+        first: tuple[bool, bool] | None = None
+        for name in self._uniform_groups(_first_segment(path)):
+            if parent != "/" and not self._visible(name, parent, True):
+                continue
             seen = (self._visible(name, path, True), self._visible(name, path, False))
             if first is None:
                 first = seen

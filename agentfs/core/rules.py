@@ -123,14 +123,19 @@ class WorkspaceGovernor:
                        {"reason": f"{agent} would gain rights", "new_path": new_path})
             raise Denied(errno.EACCES, f"a link at {new_path} would give {agent} more rights")
 
-    def timeout(self, path: str) -> float:
+    def timeout(self, path: str, strict: bool = False) -> float:
         policy = self.holder.current
         cache = float(policy.settings("mount").get("cache_seconds", 60.0))
-        # The kernel's caches are shared by all callers and can only leak
-        # visibility (every open or change is still checked here).
-        if self.mount_agent is not None or not self.policy_on or policy.same_view(path):
+        if self.mount_agent is not None or not self.policy_on:
             return cache
-        return 0.0
+        # The kernel's caches are shared by all callers and can only leak
+        # visibility (every open or change is still checked here). Agreement
+        # among the agents who see the parent suffices (Policy.cacheable) as
+        # long as reaching the entry means walking through its parent; where
+        # a process may hold a cwd or descriptor inside a directory that moved
+        # or whose rules changed, every agent must agree (same_view).
+        ok = policy.same_view(path) if strict else policy.cacheable(path)
+        return cache if ok else 0.0
 
     def _deny(self, caller: Caller, op: str, path: str, code: int, details: dict[str, Any]) -> None:
         if not self.audit_on:

@@ -79,6 +79,11 @@ class Inode:
     # The last path of an inode whose every name is gone but which is still
     # open or looked up (fstat of an unlinked open file must keep working).
     orphan_path: str | None = None
+    # Set on a directory that moved, or on every directory when the policy
+    # changed, and inherited by what is found below it: processes may hold a
+    # cwd or descriptor inside, so its entries may be cached only where every
+    # agent sees them alike. Lives until the kernel forgets the inode.
+    strict: bool = False
 
     @property
     def is_dir(self) -> bool:
@@ -151,6 +156,9 @@ class InodeTable:
         self._children[(parent, name)] = node.ino
         node.links[(parent, name)] = None
         node.orphan_path = None
+        pnode = self._by_ino.get(parent)
+        if pnode is not None and pnode.strict:
+            node.strict = True
 
     def unlink(self, parent: int, name: str) -> Inode | None:
         ino = self._children.pop((parent, name), None)
@@ -183,6 +191,35 @@ class InodeTable:
         if b is not None:
             self.link(b, p1, n1)
         self._generation += 1
+
+    def make_strict(self, ino: int | None = None) -> list[tuple[int, str]]:
+        """Mark `ino` and every known inode below it (all inodes if None) strict.
+
+        Returns the (parent, name) entries below, for the kernel to forget.
+        """
+        entries = list(self._children)
+        if ino is None:
+            for node in self._by_ino.values():
+                node.strict = True
+            return entries
+        below: dict[int, list[tuple[int, str]]] = {}
+        for parent, name in entries:
+            below.setdefault(parent, []).append((parent, name))
+        out: list[tuple[int, str]] = []
+        todo = [ino]
+        while todo:
+            cur = self._by_ino.get(todo.pop())
+            if cur is None or cur.strict and cur.ino != ino:
+                continue
+            cur.strict = True
+            for parent, name in below.get(cur.ino, ()):
+                out.append((parent, name))
+                child = self._by_ino.get(self._children.get((parent, name), -1))
+                if child is not None:
+                    child.strict = True
+                    if child.is_dir:
+                        todo.append(child.ino)
+        return out
 
     def forget(self, ino: int, nlookup: int) -> None:
         node = self._by_ino.get(ino)

@@ -91,7 +91,7 @@ class Operations(FileOps, DirOps, XattrOps, pyfuse3.Operations):
         """
         for _ in range(3):
             try:
-                entries = list(self.inodes._children)
+                entries = self.inodes.make_strict()
                 break
             except RuntimeError:  # the table changed under us; take another snapshot
                 continue
@@ -129,7 +129,7 @@ class Operations(FileOps, DirOps, XattrOps, pyfuse3.Operations):
         e = pyfuse3.EntryAttributes()
         e.st_ino = node.ino
         e.generation = 0
-        t = self.gov.timeout(path)
+        t = self.gov.timeout(path, node.strict)
         e.entry_timeout = t
         e.attr_timeout = t
         e.st_mode = st.st_mode
@@ -250,13 +250,16 @@ class Operations(FileOps, DirOps, XattrOps, pyfuse3.Operations):
         return self._entry(node, os.stat(self._fd(node)), path)
 
     def _holds_open(self, caller: Caller, ino: int) -> bool:
-        """The caller's agent has this file open, e.g. one it just made in a drop box it may not read.
+        """Some handle holds this file open.
 
-        The kernel refreshes attributes (as the caller) while opening and on
-        fstat; refusing them would fail the very create that the policy allowed.
+        The kernel refreshes attributes (as the caller) while opening, on
+        fstat and before reads. A handle carries its opener's rights (as a
+        Unix descriptor does): refusing those refreshes would fail the very
+        create a drop box allowed, and make a descriptor passed between
+        agents work or not depending on cache timing. A caller that holds no
+        reference cannot ask: every path walk to the inode was checked.
         """
-        return any(isinstance(h, FileHandle) and h.ino == ino and h.caller.agent == caller.agent
-                   for h in self._handles.values())
+        return any(isinstance(h, FileHandle) and h.ino == ino for h in self._handles.values())
 
     @handler
     async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields,
@@ -464,29 +467,22 @@ class Operations(FileOps, DirOps, XattrOps, pyfuse3.Operations):
             self.inodes.move(parent_old, no, parent_new, nn)
         moved = [(src, path_new)] + ([(dst, path_old)] if exchange and dst is not None else [])
         for st, where in moved:
-            if stat_mod.S_ISDIR(st.st_mode) and self.gov.timeout(where) == 0:
+            if stat_mod.S_ISDIR(st.st_mode):
                 self._forget_below(self.inodes.child(parent_new if where == path_new else parent_old,
                                                            nn if where == path_new else no))
         await self.gov.record(caller, "exchange" if exchange else "rename", path_old, path_new)
 
     def _forget_below(self, node: Inode | None) -> None:
-        """Drop the kernel's entries under a folder that moved to where agents see differently.
+        """Drop the kernel's entries under a folder that moved, and cache them strictly from now on.
 
         They were cached with timeouts chosen for the old place; a process
-        whose cwd is inside would otherwise stat them by name for that long.
+        whose cwd is inside would otherwise stat them by name for that long,
+        and could reach entries cached later by the agents of the new place.
         """
         if node is None:
             return
-        below: dict[int, list[tuple[int, str]]] = {}
-        for parent, name in list(self.inodes._children):
-            below.setdefault(parent, []).append((parent, name))
-        todo = [node.ino]
-        while todo:
-            for parent, name in below.get(todo.pop(), ()):
-                pyfuse3.invalidate_entry_async(parent, os.fsencode(name), ignore_enoent=True)
-                child = self.inodes.child(parent, name)
-                if child is not None and child.is_dir:
-                    todo.append(child.ino)
+        for parent, name in self.inodes.make_strict(node.ino):
+            pyfuse3.invalidate_entry_async(parent, os.fsencode(name), ignore_enoent=True)
 
     @handler
     async def link(self, inode: int, new_parent: int, new_name: bytes,
