@@ -207,9 +207,13 @@ class AuditLog:
         """
         await self._durable(_Item(_new_record(ev)))
 
-    async def open_write_durable(self, handle_id: int, ev: AuditEvent) -> None:
-        """`open_write` on the fast path of `record_durable`."""
-        await self._durable(_Item(_new_record(ev, OP_OPEN_W), handle_add=handle_id))
+    async def open_write_durable(self, handle_id: int, ev: AuditEvent, op: str = OP_OPEN_W) -> None:
+        """`open_write` on the fast path of `record_durable`.
+
+        `op="create"`: the record of a file's creation doubles as its open-w
+        (one record instead of two for every new file).
+        """
+        await self._durable(_Item(_new_record(ev, op), handle_add=handle_id))
 
     async def _durable(self, item: _Item) -> None:
         if self._journal is None or self.settings().durability == "power":

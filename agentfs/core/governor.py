@@ -81,8 +81,12 @@ class OpenGovernor:
                      result: str = "ok", details: dict[str, Any] | None = None) -> None:
         """Record a change durably before the syscall is acknowledged."""
 
-    async def open_write(self, caller: Caller, handle: int, path: str) -> None:
-        """Note durably that `handle` may write `path` (for crash forensics)."""
+    async def open_write(self, caller: Caller, handle: int, path: str,
+                         created: dict[str, Any] | None = None) -> None:
+        """Note durably that `handle` may write `path` (for crash forensics).
+
+        `created`: the handle made the file; its creation (with these details) is the note.
+        """
 
     def close_write(self, caller: Caller, handle: int, path: str, stats: dict[str, Any], fd: int) -> None:
         """Record the aggregated writes of a handle at release; owns `fd` (a dup, for hashing)."""

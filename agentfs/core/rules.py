@@ -230,10 +230,13 @@ class WorkspaceGovernor:
         elif op in ("unlink", "rmdir"):
             self.locks.on_delete(path)
 
-    async def open_write(self, caller: Caller, handle: int, path: str) -> None:
+    async def open_write(self, caller: Caller, handle: int, path: str,
+                         created: dict[str, Any] | None = None) -> None:
         if not self.audit_on:
             return
-        await self.audit.open_write_durable(handle, AuditEvent("open-w", caller.agent, caller.uid, caller.pid, path))
+        op = "open-w" if created is None else "create"
+        await self.audit.open_write_durable(
+            handle, AuditEvent(op, caller.agent, caller.uid, caller.pid, path, details=created), op=op)
 
     def close_write(self, caller: Caller, handle: int, path: str, stats: dict[str, Any], fd: int) -> None:
         if not self.audit_on:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import os
 import stat as stat_mod
+from typing import Any
 
 import pyfuse3
 import trio
@@ -60,17 +61,18 @@ class FileOps:
         self.gov.require(caller, "open", path, need)
         await self._lock_wait_names(caller, inode, path, Access.WRITE if writable else Access.READ)
         fd = os.open(proc_path(self._fd(node)), (flags & ~OPEN_DROP) | os.O_CLOEXEC)
-        return await self._opened(fd, node, caller, path, flags, writable, created=False)
+        return await self._opened(fd, node, caller, path, flags, writable)
 
     async def _opened(self, fd: int, node: Inode, caller: Caller, path: str, flags: int,
-                      writable: bool, created: bool) -> pyfuse3.FileInfo:
+                      writable: bool, created: dict[str, Any] | None = None) -> pyfuse3.FileInfo:
+        """A handle for `fd`; `created` (the details of a file just made) makes its record the create."""
         direct = bool(flags & os.O_DIRECT)
         h = FileHandle(fd, node.ino, caller, path, writable, direct)
         fh = self._new_fh(h)
         try:
             if writable:
-                await self.gov.open_write(caller, fh, path)
-            if flags & os.O_TRUNC and not created:
+                await self.gov.open_write(caller, fh, path, created)
+            if flags & os.O_TRUNC and created is None:
                 await self.gov.record(caller, "truncate", path, details={"size": 0, "on": "open"})
         except BaseException:
             del self._handles[fh]
@@ -113,9 +115,8 @@ class FileOps:
         except BaseException:
             os.close(fd)
             raise
-        if created:
-            await self.gov.record(caller, "create", path, details={"mode": oct(stat_mod.S_IMODE(st.st_mode))})
-        fi = await self._opened(fd, node, caller, path, flags, created or fd_for_write(flags), created)
+        made = {"mode": oct(stat_mod.S_IMODE(st.st_mode))} if created else None
+        fi = await self._opened(fd, node, caller, path, flags, created or fd_for_write(flags), made)
         return fi, self._entry(node, st, path)
 
     @handler
