@@ -177,7 +177,7 @@ def _fuse(db: IndexDB, bm: list[tuple[int, float]], vec: list[tuple[int, float]]
     keeps how much better the first candidates are than the rest, which
     matters when one retriever is sure and the other is not: on SciFact it
     scores about 0.012 nDCG@10 higher than RRF over the same lists (see
-    docs/SEARCH.md). Normalising after filtering means a file the caller may
+    README.md, Search). Normalising after filtering means a file the caller may
     not read never shifts the scores of the ones it sees. The snippet is the
     file's chunk with the best fused chunk score: the passage both like most.
     """
