@@ -511,8 +511,9 @@ def test_cli_lock_unlock_locks_as_real_users(fast):
     assert r.returncode == 1 and "l right" in r.stderr + r.stdout, r
     run([AGENTFS, "unlock", f], user="agentfs-t1")
     assert lock_info(base / "d/f") == ""
-    # --force breaks another agent's lock
-    run([AGENTFS, "lock", f], user="agentfs-t1")
+    # --force breaks another agent's lock (--wait: bob's refused request above may
+    # still hold its place in the queue for a second, and is served first)
+    run([AGENTFS, "lock", f, "--wait", "10"], user="agentfs-t1")
     run([AGENTFS, "unlock", "--force", f], user="agentfs-t2")
     assert lock_info(base / "d/f") == ""
     r = run([AGENTFS, "unlock", f], user="agentfs-t1", check=False)

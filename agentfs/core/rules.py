@@ -169,9 +169,7 @@ class WorkspaceGovernor:
             raise Denied(errno.ENOENT)
         value = format_lock_xattr(self.locks.covering(path), time.time_ns(), path)
         if not value:
-            import pyfuse3
-
-            raise Denied(pyfuse3.ENOATTR)
+            raise Denied(errno.ENODATA)  # "no such attribute", as for an unset xattr
         return value
 
     async def lock_xattr_set(self, caller: Caller, path: str, value: bytes) -> None:
@@ -204,9 +202,7 @@ class WorkspaceGovernor:
             self._deny(caller, "unlock", path, errno.EPERM, {"reason": str(e)})
             raise Denied(errno.EPERM, str(e)) from None
         if lock is None:
-            import pyfuse3
-
-            raise Denied(pyfuse3.ENOATTR)
+            raise Denied(errno.ENODATA)  # "no such attribute", as for an unset xattr
         await self.record(caller, "unlock", path, details={"mode": lock.mode.value, "token": lock.token})
 
     def render_locks(self, caller: Caller) -> str:
