@@ -168,8 +168,14 @@ class Policy:
         return self._same_view(path)
 
     def _compute_same_view(self, path: str) -> bool:
+        return self._views_agree(path, among_seers_of=None)
+
+    def _views_agree(self, path: str, among_seers_of: str | None) -> bool:
+        """Whether agents see `path` alike: all of them, or those who see `among_seers_of`."""
         first: tuple[bool, bool] | None = None
         for name in self._uniform_groups(_first_segment(path)):
+            if among_seers_of is not None and not self._visible(name, among_seers_of, True):
+                continue
             seen = (self._visible(name, path, True), self._visible(name, path, False))
             if first is None:
                 first = seen
@@ -191,16 +197,7 @@ class Policy:
 
     def _compute_cacheable(self, path: str) -> bool:
         parent = path.rsplit("/", 1)[0] or "/"
-        first: tuple[bool, bool] | None = None
-        for name in self._uniform_groups(_first_segment(path)):
-            if parent != "/" and not self._visible(name, parent, True):
-                continue
-            seen = (self._visible(name, path, True), self._visible(name, path, False))
-            if first is None:
-                first = seen
-            elif seen != first:
-                return False
-        return True
+        return self._views_agree(path, among_seers_of=None if parent == "/" else parent)
 
     def _compute_uniform(self, path: str) -> bool:
         first: tuple[Rights, bool, bool] | None = None
