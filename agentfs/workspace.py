@@ -146,14 +146,9 @@ def find_workspace(explicit: str | None = None, cwd: Path | None = None) -> Work
     if env:
         return Workspace.open(env)
     here = (cwd or Path.cwd()).resolve()
-    best: tuple[int, Path] | None = None
-    for mnt, ws in mounts_of_agentfs():
-        if here == mnt or mnt in here.parents:
-            depth = len(mnt.parts)
-            if best is None or depth > best[0]:
-                best = (depth, ws)
-    if best:
-        return Workspace.open(best[1])
+    found = mount_containing(here)
+    if found:
+        return Workspace.open(found[1])
     for d in (here, *here.parents):
         if (d / POLICY_FILE).is_file() and (d / DATA_DIR).is_dir():
             return Workspace.open(d)
@@ -167,15 +162,20 @@ def mount_for_workspace(ws: Workspace) -> list[Path]:
     return [mnt for mnt, root in mounts_of_agentfs() if root == ws.root]
 
 
+def mount_containing(path: Path) -> tuple[Path, Path] | None:
+    """(mountpoint, workspace root) of the innermost agentfs mount holding `path`, or None."""
+    best: tuple[Path, Path] | None = None
+    for mnt, ws in mounts_of_agentfs():
+        if (path == mnt or mnt in path.parents) and (best is None or len(mnt.parts) > len(best[0].parts)):
+            best = (mnt, ws)
+    return best
+
+
 def path_in_mount(path: str | os.PathLike[str]) -> tuple[Workspace, str]:
     """Map a path on a mount (or in a workspace's data tree) to (workspace, '/policy/path')."""
     p = Path(os.path.abspath(path))
-    best: tuple[int, Path, Path] | None = None
-    for mnt, ws in mounts_of_agentfs():
-        if p == mnt or mnt in p.parents:
-            if best is None or len(mnt.parts) > best[0]:
-                best = (len(mnt.parts), mnt, ws)
-    if best is None:
+    found = mount_containing(p)
+    if found is None:
         raise WorkspaceError(f"{path} is not on an agentfs mount: give a path inside a mount")
-    rel = p.relative_to(best[1])
-    return Workspace.open(best[2]), "/" + str(rel) if str(rel) != "." else "/"
+    rel = p.relative_to(found[0])
+    return Workspace.open(found[1]), "/" + str(rel) if str(rel) != "." else "/"

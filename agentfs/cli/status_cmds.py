@@ -10,7 +10,7 @@ import click
 
 from agentfs.cli._common import echo_json, resolve_workspace, workspace_option
 from agentfs.errors import AgentfsError
-from agentfs.workspace import mounts_of_agentfs
+from agentfs.workspace import mount_containing
 
 
 @click.command("status")
@@ -56,15 +56,6 @@ def status_cmd(workspace_opt: str | None, as_json: bool) -> None:
     sys.exit(0 if st["healthy"] else 1)
 
 
-def _mount_of(path: Path) -> Path | None:
-    best = None
-    for mnt, _ws in mounts_of_agentfs():
-        if path == mnt or mnt in path.parents:
-            if best is None or len(mnt.parts) > len(best.parts):
-                best = mnt
-    return best
-
-
 @click.command("whoami")
 @click.argument("path", required=False, type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="One JSON object.")
@@ -74,9 +65,10 @@ def whoami_cmd(path: str | None, as_json: bool) -> None:
     PATH is any path on the mount (default: the current directory).
     """
     here = Path(os.path.abspath(path or "."))
-    mnt = _mount_of(here)
-    if mnt is None:
+    found = mount_containing(here)
+    if found is None:
         raise AgentfsError(f"{here} is not on an agentfs mount: cd into one, or give a path on it")
+    mnt = found[0]
     try:
         text = (mnt / ".agentfs" / "whoami").read_text()
     except OSError as e:

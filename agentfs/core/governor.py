@@ -9,7 +9,7 @@ nothing: a bare pass-through, used to measure our own cost against it.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from agentfs.core.lock_types import Access
@@ -36,14 +36,6 @@ class Denied(Exception):
         super().__init__(reason)
         self.errno = errno_
         self.reason = reason
-
-
-@dataclass
-class Decision:
-    """Rights-derived facts a front end needs beyond yes/no."""
-
-    cache_seconds: float
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class OpenGovernor:

@@ -62,7 +62,6 @@ class DirOps:
                 attr = await self.virtual.root_entry(nm, h.caller)
                 if not pyfuse3.readdir_reply(token, os.fsencode(nm), attr, i + 1):
                     return
-                self.virtual.looked_up(attr.st_ino)
                 continue
             try:
                 st = os.stat(nm, dir_fd=dfd, follow_symlinks=False)

@@ -104,9 +104,6 @@ class VirtualTree:
     def forget(self, ino: int, n: int) -> None:
         """Virtual nodes are cheap and few per query; they live until the cache forgets the query."""
 
-    def looked_up(self, ino: int) -> None:
-        """Virtual nodes are not reference counted."""
-
     def _attr(self, node: VNode, size: int = 0) -> pyfuse3.EntryAttributes:
         e = pyfuse3.EntryAttributes()
         e.st_ino = node.ino

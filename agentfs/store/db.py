@@ -42,10 +42,6 @@ def sqlite_module() -> ModuleType:
         return _stdlib_sqlite3
 
 
-def can_load_extensions() -> bool:
-    return hasattr(sqlite_module().Connection, "enable_load_extension")
-
-
 def register_schema(name: str, ddl: str) -> None:
     """Declare the tables of one store module; DDL must be idempotent (IF NOT EXISTS)."""
     _SCHEMAS[name] = ddl
