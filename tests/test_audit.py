@@ -324,6 +324,56 @@ async def test_record_durable_journals_then_commits_and_cleans_up(ws):
     assert [r["op"] for r in iter_records(ws)] == ["open-w", "unlink"]
 
 
+async def test_a_steady_trickle_of_changes_is_committed_in_groups(ws, monkeypatch):
+    """One change at a time (tar -x, rm -rf) must not cost one SQLite commit each."""
+    commits = []
+    real = store.append
+
+    def counting(conn, records, *a, **kw):
+        commits.append(len(records))
+        return real(conn, records, *a, **kw)
+
+    monkeypatch.setattr(store, "append", counting)
+    async with running(ws) as log:
+        t0 = time.monotonic()
+        for i in range(150):
+            await log.record_durable(ev("unlink", f"/t{i}"))
+            await trio.sleep(0.001)
+        elapsed = time.monotonic() - t0
+        await log.flush()
+    assert sum(commits) == 150
+    # At most one commit per pacing interval (plus the first and the flush).
+    assert len(commits) <= elapsed / audit_mod.COMMIT_EVERY_S + 2, (len(commits), elapsed)
+    assert verify(ws).ok and [r["path"] for r in iter_records(ws)] == [f"/t{i}" for i in range(150)]
+
+
+async def test_a_waited_record_is_not_held_back_by_the_pacing(ws, monkeypatch):
+    monkeypatch.setattr(audit_mod, "COMMIT_EVERY_S", 3600.0)
+    async with running(ws) as log:
+        await log.record(ev(path="/first"))
+        with trio.fail_after(30):  # a paced commit would wait an hour
+            assert await log.record(ev(path="/second")) == 2
+
+
+def test_a_rewritten_journal_keeps_exactly_the_pending_entries(ws):
+    from agentfs.core import audit_journal
+    from agentfs.store.audit_log import NewRecord
+
+    def entry(n: int) -> audit_journal.Entry:
+        return audit_journal.Entry(n, NewRecord(n, "a", 0, 1, "mkdir", f"/d{n}", None, "ok", None),
+                                   "me", None, None)
+
+    j = audit_journal.Journal(ws, 424242, 1)
+    for n in range(1, 6):
+        j.append(entry(n))
+    j.rewrite([entry(4), entry(5)])
+    j.append(entry(6))
+    assert [e.n for e in audit_journal.read_entries(j.path)] == [4, 5, 6]
+    assert j.size == j.path.stat().st_size
+    assert [p.name for p in ws.run_path.iterdir() if p.name.startswith("audit-journal")] == [j.path.name]
+    j.close(remove=True)
+
+
 async def test_record_durable_with_power_durability_waits_for_the_commit(ws):
     async with running(ws, {"audit": {"durability": "power"}}) as log:
         await log.record_durable(ev("unlink", "/x"))

@@ -52,6 +52,12 @@ OP_OPEN_W = "open-w"
 OP_WRITE = "write"
 OP_INTERRUPTED = "write-interrupted"
 OP_RUNAWAY = "runaway"
+# Under load the writer starts a commit at most this often, so that a
+# sequential workload (one change at a time) still commits in groups; a
+# change after a quiet spell commits at once. Waited-for records, a full
+# batch and flush() never wait.
+COMMIT_EVERY_S = 0.02
+BATCH_MAX = 4096
 # How often the writer applies retention (it also does at start).
 _RETENTION_EVERY_S = 60.0
 _RETENTION_EVERY_RECORDS = 10000
@@ -92,10 +98,15 @@ class _Batch:
         self.error: BaseException | None = None
 
 
+# Built once: json.dumps with any non-default argument builds a new encoder
+# on every call, which costs more than encoding a record's few keys.
+_DETAILS = json.JSONEncoder(sort_keys=True, ensure_ascii=True, separators=(",", ":"), default=str)
+
+
 def _details_json(details: dict | None) -> str | None:
     if details is None:
         return None
-    return json.dumps(details, sort_keys=True, ensure_ascii=True, separators=(",", ":"), default=str)
+    return _DETAILS.encode(details)
 
 
 def _new_record(ev: AuditEvent, op: str | None = None, details: dict | None = None) -> store.NewRecord:
@@ -132,6 +143,8 @@ class AuditLog:
         self._settings = AuditSettings()
         self._batch = _Batch()
         self._wake = trio.Event()
+        self._urgent = trio.Event()
+        self._last_commit = -1.0
         self._running = False
         self._stopping = False
         self._stopped = trio.Event()
@@ -176,6 +189,8 @@ class AuditLog:
         batch = self._batch
         batch.items.append(item)
         self._wake.set()
+        if item.waited or len(batch.items) >= BATCH_MAX:
+            self._urgent.set()
         return batch, len(batch.items) - 1
 
     async def _wait(self, batch: _Batch, index: int) -> int:
@@ -272,6 +287,7 @@ class AuditLog:
             task_status.started()
             while not (self._stopping and not self._batch.items):
                 await self._wake.wait()
+                await self._pace()
                 await self._commit_next()
         finally:
             with trio.CancelScope(shield=True):
@@ -290,8 +306,17 @@ class AuditLog:
                     conn.close()
                 self._stopped.set()
 
+    async def _pace(self) -> None:
+        """Let a commit that follows the last one closely gather more records first."""
+        delay = self._last_commit + COMMIT_EVERY_S - time.monotonic()
+        if delay > 0 and not self._stopping:
+            with trio.move_on_after(delay):
+                await self._urgent.wait()
+
     async def _commit_next(self, retention: bool = True) -> None:
         self._wake = trio.Event()
+        self._urgent = trio.Event()
+        self._last_commit = time.monotonic()
         batch, self._batch = self._batch, _Batch()
         self._committing = batch
         if batch.items:
@@ -314,9 +339,12 @@ class AuditLog:
         batch.done.set()
         self._committing = None
         j = self._journal
-        if (j is not None and j.size > audit_journal.RESET_BYTES
-                and not any(it.jn is not None for it in self._batch.items)):
-            j.reset()
+        if j is not None and j.size > audit_journal.RESET_BYTES:
+            try:
+                j.rewrite([audit_journal.Entry(it.jn, it.rec, self.daemon_id, it.handle_add, it.handle_del)
+                           for it in self._batch.items if it.jn is not None])
+            except OSError as e:
+                log.error("audit: cannot rewrite the journal %s: %s", j.path, e)
         if retention and (self._since_retention >= _RETENTION_EVERY_RECORDS
                           or time.monotonic() - self._last_retention > _RETENTION_EVERY_S):
             await self._retention()
@@ -379,6 +407,7 @@ class AuditLog:
         if not self._running:
             raise AuditError("the audit writer is not running")
         self._wake.set()
+        self._urgent.set()
         await batch.done.wait()
 
     async def aclose(self) -> None:
@@ -387,6 +416,7 @@ class AuditLog:
             await self.flush()
             self._stopping = True
             self._wake.set()
+            self._urgent.set()
             await self._stopped.wait()
         else:
             self._stopping = True
@@ -411,5 +441,6 @@ def replay_dead_journals(ws: Workspace, conn: sqlite3.Connection, skip: tuple[in
         key = audit_journal.key_of(pid, start)
         total += store.replay_journal(conn, key, entries, GENESIS, record_hash)
         path.unlink(missing_ok=True)
+        path.with_name(path.name + ".tmp").unlink(missing_ok=True)  # a rewrite cut short
         store.forget_journal(conn, key)
     return total

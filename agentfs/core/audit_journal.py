@@ -30,8 +30,9 @@ from agentfs.workspace import Workspace
 log = logging.getLogger(__name__)
 
 _NAME = re.compile(r"^audit-journal\.(\d+)\.(\d+)\.jsonl$")
-# The journal is emptied once this large and fully committed.
+# Once this large, the journal is rewritten with only its uncommitted entries.
 RESET_BYTES = 1 << 20
+_COMPACT = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"))
 
 
 @dataclass
@@ -65,20 +66,26 @@ class Journal:
 
     def append(self, e: Entry) -> None:
         """One write(): when it returns the entry survives the process."""
-        r = e.rec
-        line = json.dumps([e.n, r.ts_ns, r.agent, r.uid, r.pid, r.op, r.path, r.new_path, r.result,
-                           r.details, e.daemon_id, e.handle_add, e.handle_del],
-                          ensure_ascii=True, separators=(",", ":")).encode("ascii") + b"\n"
-        view = memoryview(line)
-        while view:
-            n = os.write(self.fd, view)
-            view = view[n:]
-        self.size += len(line)
+        self.size += _write_all(self.fd, _line(e))
 
-    def reset(self) -> None:
-        """Empty the journal; only when every entry in it is committed."""
-        os.ftruncate(self.fd, 0)
-        self.size = 0
+    def rewrite(self, pending: list[Entry]) -> None:
+        """Replace the journal by one holding only `pending` (the entries not yet committed).
+
+        Under sustained load some entries are always pending, so the journal
+        could never simply be emptied. The new file is complete before it is
+        renamed over the old one: killed at any point, the journal on disk
+        still holds every uncommitted entry.
+        """
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            size = _write_all(fd, b"".join(_line(e) for e in pending))
+            os.rename(tmp, self.path)
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(self.fd)
+        self.fd, self.size = fd, size
 
     def close(self, remove: bool) -> None:
         os.close(self.fd)
@@ -87,6 +94,20 @@ class Journal:
                 self.path.unlink()
             except FileNotFoundError:
                 pass
+
+
+def _line(e: Entry) -> bytes:
+    r = e.rec
+    return _COMPACT.encode([e.n, r.ts_ns, r.agent, r.uid, r.pid, r.op, r.path, r.new_path, r.result,
+                            r.details, e.daemon_id, e.handle_add, e.handle_del]).encode("ascii") + b"\n"
+
+
+def _write_all(fd: int, data: bytes) -> int:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+    return len(data)
 
 
 def read_entries(path: Path) -> list[Entry]:
