@@ -23,13 +23,16 @@ from agentfs.store import db
 from agentfs.workspace import Workspace
 
 GENESIS = "0" * 64
+# One encoder for every record (json.dumps would build one a call); the same
+# output as json.dumps(..., ensure_ascii=True, separators=(",", ":")).
+_COMPACT = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"))
 
 
 def canonical(prev_hash: str, seq: int, ts_ns: int, agent: str, uid: int, pid: int, op: str,
               path: str, new_path: str | None, result: str, details: str | None) -> bytes:
     """The bytes a record's hash covers; `details` is the stored JSON text, hashed as is."""
-    return json.dumps([prev_hash, seq, ts_ns, agent, uid, pid, op, path, new_path, result, details],
-                      ensure_ascii=True, separators=(",", ":")).encode("ascii")
+    return _COMPACT.encode([prev_hash, seq, ts_ns, agent, uid, pid, op, path, new_path, result,
+                            details]).encode("ascii")
 
 
 def record_hash(prev_hash: str, seq: int, r: store.NewRecord) -> str:

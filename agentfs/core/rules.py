@@ -39,6 +39,9 @@ COMPONENTS = frozenset({"audit", "locks", "policy"})
 # second (BLAKE3 hashes ~3-5 GB/s here, so 4 GiB costs about a second of a core).
 HASH_MAX_BYTES = 4 << 30
 HASH_SPARSE_MIN_BYTES = 64 << 20
+# Files up to this size are hashed on the loop thread at release (a few µs):
+# handing them to a worker thread would cost more than the hash.
+HASH_INLINE_BYTES = 64 << 10
 
 
 class WorkspaceGovernor:
@@ -243,6 +246,17 @@ class WorkspaceGovernor:
             os.close(fd)
             self.audit.close_write(handle, ev, stats["writes"], stats["bytes"], stats["ranges"],
                                    stats["size"], None)
+            return
+        if stats["size"] <= HASH_INLINE_BYTES:
+            try:
+                digest = self.hasher.hash_fd(fd)
+            except OSError as e:
+                log.warning("cannot hash %s: %s", path, e)
+                digest = None
+            finally:
+                os.close(fd)
+            self.audit.close_write(handle, ev, stats["writes"], stats["bytes"], stats["ranges"],
+                                   stats["size"], digest)
             return
         self._nursery.start_soon(self._hash_and_close, handle, ev, stats, fd)
 
