@@ -18,6 +18,33 @@ from agentfs.store import audit_log as store
 from test_audit_support import ev, raw, running
 
 
+def count_commits(monkeypatch) -> list[int]:
+    """Make every commit note how many records it carried; returns the list it fills."""
+    commits: list[int] = []
+    real = store.append
+
+    def counting(conn, records, *a, **kw):
+        commits.append(len(records))
+        return real(conn, records, *a, **kw)
+
+    monkeypatch.setattr(store, "append", counting)
+    return commits
+
+
+def fail_first_commit(monkeypatch, message: str) -> None:
+    """The first commit raises OSError(message); later ones go through."""
+    real = store.append
+    calls = {"n": 0}
+
+    def flaky(*a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise OSError(message)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(store, "append", flaky)
+
+
 async def test_records_chain_to_each_other_and_verify(ws):
     async with running(ws) as log:
         seqs = [await log.record(ev(path=f"/f{i}")) for i in range(5)]
@@ -38,14 +65,7 @@ async def test_empty_log_verifies_and_has_the_genesis_head(ws):
 
 
 async def test_concurrent_records_are_group_committed_into_one_contiguous_chain(ws, monkeypatch):
-    commits = []
-    real = store.append
-
-    def counting(conn, records, *a, **kw):
-        commits.append(len(records))
-        return real(conn, records, *a, **kw)
-
-    monkeypatch.setattr(store, "append", counting)
+    commits = count_commits(monkeypatch)
     got: list[int] = []
     async with running(ws) as log:
         async def one(i: int) -> None:
@@ -191,16 +211,7 @@ async def test_write_handles_are_in_flight_until_close_write_aggregates_them(ws)
 
 
 async def test_a_failed_commit_fails_its_waiters_and_the_log_carries_on(ws, monkeypatch):
-    real = store.append
-    calls = {"n": 0}
-
-    def flaky(*a, **kw):
-        calls["n"] += 1
-        if calls["n"] == 1:
-            raise OSError("disk full")
-        return real(*a, **kw)
-
-    monkeypatch.setattr(store, "append", flaky)
+    fail_first_commit(monkeypatch, "disk full")
     async with running(ws) as log:
         with pytest.raises(AuditError, match="disk full"):
             await log.record(ev(path="/lost"))
@@ -326,14 +337,7 @@ async def test_record_durable_journals_then_commits_and_cleans_up(ws):
 
 async def test_a_steady_trickle_of_changes_is_committed_in_groups(ws, monkeypatch):
     """One change at a time (tar -x, rm -rf) must not cost one SQLite commit each."""
-    commits = []
-    real = store.append
-
-    def counting(conn, records, *a, **kw):
-        commits.append(len(records))
-        return real(conn, records, *a, **kw)
-
-    monkeypatch.setattr(store, "append", counting)
+    commits = count_commits(monkeypatch)
     async with running(ws) as log:
         t0 = time.monotonic()
         for i in range(150):
@@ -382,16 +386,7 @@ async def test_record_durable_with_power_durability_waits_for_the_commit(ws):
 
 
 async def test_acknowledged_records_are_retried_after_a_failed_commit(ws, monkeypatch):
-    real = store.append
-    calls = {"n": 0}
-
-    def flaky(*a, **kw):
-        calls["n"] += 1
-        if calls["n"] == 1:
-            raise OSError("database is locked")
-        return real(*a, **kw)
-
-    monkeypatch.setattr(store, "append", flaky)
+    fail_first_commit(monkeypatch, "database is locked")
     async with running(ws) as log:
         await log.record_durable(ev("unlink", "/acked"))
         log.record_nowait(ev("unlink", "/denied", result="EACCES"))

@@ -244,8 +244,7 @@ class WorkspaceGovernor:
         ev = AuditEvent("write", caller.agent, caller.uid, caller.pid, path)
         if self._nursery is None or not stats.get("writes"):
             os.close(fd)
-            self.audit.close_write(handle, ev, stats["writes"], stats["bytes"], stats["ranges"],
-                                   stats["size"], None)
+            self._record_write(handle, ev, stats, None)
             return
         if stats["size"] <= HASH_INLINE_BYTES:
             try:
@@ -255,8 +254,7 @@ class WorkspaceGovernor:
                 digest = None
             finally:
                 os.close(fd)
-            self.audit.close_write(handle, ev, stats["writes"], stats["bytes"], stats["ranges"],
-                                   stats["size"], digest)
+            self._record_write(handle, ev, stats, digest)
             return
         self._nursery.start_soon(self._hash_and_close, handle, ev, stats, fd)
 
@@ -277,6 +275,9 @@ class WorkspaceGovernor:
             digest = None
         finally:
             os.close(fd)
+        self._record_write(handle, ev, stats, digest)
+
+    def _record_write(self, handle: int, ev: AuditEvent, stats: dict[str, Any], digest: str | None) -> None:
         self.audit.close_write(handle, ev, stats["writes"], stats["bytes"], stats["ranges"], stats["size"], digest)
 
     # ----- search --------------------------------------------------------
