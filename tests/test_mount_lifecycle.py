@@ -24,6 +24,25 @@ def test_mount_serves_the_data_tree_and_umount_stops_the_daemon(ws, workdir):
         wait_for(lambda: not m.alive(), what="daemon exit after umount")
 
 
+def test_the_daemon_runs_from_slash_and_never_imports_from_the_callers_cwd(ws, workdir):
+    """Root may run `agentfs mount` anywhere, even in a folder an agent wrote: nothing there runs."""
+    trap = workdir / "cwd"
+    (trap / "agentfs" / "fuse").mkdir(parents=True)
+    marker = workdir / "imported-from-cwd"
+    (trap / "agentfs" / "__init__.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    (trap / "agentfs" / "fuse" / "__init__.py").write_text("")
+    mnt = workdir / "mnt"
+    mnt.mkdir()
+    r = run([AGENTFS, "mount", str(ws.root), str(mnt)], cwd=trap, check=False)
+    try:
+        assert r.returncode == 0, r.stderr
+        pid = int(r.stdout.strip().rsplit(" ", 1)[-1].rstrip(")"))
+        assert os.readlink(f"/proc/{pid}/cwd") == "/"
+        assert not marker.exists()
+    finally:
+        run(["fusermount3", "-u", str(mnt)], check=False)
+
+
 def test_second_mount_on_same_mountpoint_is_one_clear_line(mount):
     r = run([AGENTFS, "mount", str(mount.ws.root), str(mount.path)], check=False)
     assert r.returncode != 0

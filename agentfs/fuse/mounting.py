@@ -92,9 +92,13 @@ def mount(ws: Workspace, mountpoint: Path, agent: str | None = None, foreground:
         return None
     r, w = os.pipe()
     log_file = ws.run_path / f"{pidfile_for(ws, mountpoint).stem}.log"
+    # `-P` and cwd "/": `python -m` would otherwise import from the caller's
+    # folder (a root daemon running code an agent left there), and the daemon
+    # would keep that folder's filesystem busy.
     proc = subprocess.Popen(
-        [sys.executable, "-m", "agentfs.fuse.daemon", *args, "--ready-fd", str(w), "--log-file", str(log_file)],
-        pass_fds=(w,), start_new_session=True, stdin=subprocess.DEVNULL,
+        [sys.executable, "-P", "-m", "agentfs.fuse.daemon", *args, "--ready-fd", str(w), "--log-file",
+         str(log_file)],
+        cwd="/", pass_fds=(w,), start_new_session=True, stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, close_fds=True,
     )
     os.close(w)
