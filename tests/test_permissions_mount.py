@@ -436,6 +436,25 @@ def test_a_folder_moved_through_the_other_mount_is_closed_on_this_one(env):
         assert bob.err("open('new.txt', 'w').write('x')") == "ENOENT"
 
 
+def test_a_folder_moved_in_the_data_tree_is_closed_to_a_cwd_left_inside(env):
+    """An operator moves /shared/ops into /alice directly in the backing tree, under bob's cwd."""
+    (env.mnt.path / "shared/ops").mkdir(mode=0o777)
+    os.chmod(env.mnt.path / "shared/ops", 0o777)
+    (env.mnt.path / "shared/ops/run.txt").write_text("runbook\n")
+    os.chmod(env.mnt.path / "shared/ops/run.txt", 0o666)
+    bob = env.bob
+    bob.ok("os.chdir(p)", p=env.p("shared/ops"))
+    try:
+        assert bob.ok("open('run.txt').read()") == "runbook\n"
+        os.rename(env.data("shared/ops"), env.data("alice/ops"))
+        wait_for(lambda: bob.call("open('run.txt').read()").get("errno") == "ENOENT", timeout=3,
+                 what="the folder moved beside the mount to close to bob")
+        assert bob.err("open('new.txt', 'w').write('x')") == "ENOENT"
+        assert not env.data("alice/ops/new.txt").exists()
+    finally:
+        bob.ok("os.chdir('/')")
+
+
 # ----- escape routes ------------------------------------------------------------------
 
 

@@ -20,6 +20,7 @@ import os
 import queue
 import stat as stat_mod
 import threading
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable
@@ -32,6 +33,13 @@ O_PATH_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 # Inode numbers we invent (for objects on another device than the root's,
 # where backing inode numbers could collide) start here.
 _SYNTHETIC_BASE = 1 << 62
+# How long a path read from /proc stays good for policy decisions. Reading it
+# costs a /proc walk on every request (~5 % of `rm -rf`); a request burst on
+# one directory reuses it. Moves made by this daemon invalidate it at once;
+# one made beside it (another mount of the workspace, the data tree itself)
+# is seen within this long, the same order as the window between any check
+# and the act it guards.
+REAL_PATH_TTL_S = 0.005
 
 
 class FdCloser:
@@ -84,6 +92,8 @@ class Inode:
     # cwd or descriptor inside, so its entries may be cached only where every
     # agent sees them alike. Lives until the kernel forgets the inode.
     strict: bool = False
+    # (good until, moves counter, path) of the last /proc reading: see real_path.
+    real: tuple[float, int, str | None] | None = None
 
     @property
     def is_dir(self) -> bool:
@@ -110,6 +120,8 @@ class InodeTable:
         # Bumped whenever a directory moves, so cached directory paths stay right.
         self._generation = 0
         self._dir_paths: dict[int, tuple[int, str]] = {root.ino: (0, "/")}
+        # Bumped by every move this daemon makes: cached /proc paths may be stale.
+        self._moves = 0
 
     def __len__(self) -> int:
         return len(self._by_ino)
@@ -166,6 +178,7 @@ class InodeTable:
             return None
         node = self._by_ino.get(ino)
         if node is not None:
+            node.real = None
             if len(node.links) == 1:
                 node.orphan_path = self.path(ino)
             node.links.pop((parent, name), None)
@@ -175,6 +188,7 @@ class InodeTable:
 
     def move(self, old_parent: int, old_name: str, new_parent: int, new_name: str) -> None:
         node = self.child(old_parent, old_name)
+        self._moves += 1
         self.unlink(new_parent, new_name)
         if node is not None:
             self.unlink(old_parent, old_name)
@@ -184,6 +198,7 @@ class InodeTable:
 
     def exchange(self, p1: int, n1: str, p2: int, n2: str) -> None:
         a, b = self.child(p1, n1), self.child(p2, n2)
+        self._moves += 1
         self.unlink(p1, n1)
         self.unlink(p2, n2)
         if a is not None:
@@ -292,6 +307,15 @@ class InodeTable:
         """
         if node.ino == pyfuse3.ROOT_INODE:
             return "/"
+        now = time.monotonic()
+        cached = node.real
+        if cached is not None and cached[0] > now and cached[1] == self._moves:
+            return cached[2]
+        path = self._read_real_path(node)
+        node.real = (now + REAL_PATH_TTL_S, self._moves, path)
+        return path
+
+    def _read_real_path(self, node: Inode) -> str | None:
         try:
             fd = self.fd(node)
             target = os.readlink(f"/proc/self/fd/{fd}")
