@@ -40,6 +40,30 @@ def test_writes_to_one_file_alert_once_per_window_and_only_for_that_file():
     assert len(alerts) == 2
 
 
+def test_a_second_change_counts_against_the_first_unless_the_window_has_passed():
+    """A file changed once is remembered by one timestamp; its second change must still count."""
+    d, alerts, clock = _detector(RunawayRule(writes_per_file_per_minute=1))
+    d.check("a", "write", "/f")
+    clock.t += 61
+    d.check("a", "write", "/f")  # the first one is out of the window
+    assert alerts == []
+    clock.t += 59
+    d.check("a", "write", "/f")
+    assert len(alerts) == 1 and alerts[0].count == 2
+
+
+def test_quiet_paths_are_swept_whatever_their_count():
+    d, alerts, clock = _detector(RunawayRule(writes_per_file_per_minute=5))
+    for i in range(4096):
+        d.check("a", "write", f"/once{i}")
+    d.check("a", "write", "/busy")
+    d.check("a", "write", "/busy")
+    clock.t += 61
+    for i in range(4096):
+        d.check("a", "write", "/again")
+    assert len(d._hits) == 1 and alerts[-1].path == "/again"
+
+
 def test_the_window_slides():
     d, alerts, clock = _detector(RunawayRule(writes_per_file_per_minute=3))
     for _ in range(3):

@@ -46,7 +46,8 @@ class RunawayDetector:
         self._settings = settings
         self._on_alert = on_alert
         self.clock = clock
-        self._hits: dict[tuple[str, str, str], deque[float]] = {}
+        # One timestamp per key until its second hit, then a deque of them.
+        self._hits: dict[tuple[str, str, str], float | deque[float]] = {}
         self._alerted_until: dict[tuple[str, str, str], float] = {}
         self._cooloff_until: dict[str, float] = {}
         self._calls = 0
@@ -88,11 +89,19 @@ class RunawayDetector:
     def _count(self, now: float, rule: RunawayRule, agent: str, name: str, key_path: str,
                threshold: int, shown_path: str | None = None) -> bool:
         key = (agent, name, key_path)
-        q = self._hits.get(key)
-        if q is None:
-            q = self._hits[key] = deque()
-        q.append(now)
         edge = now - rule.window_seconds
+        q = self._hits.get(key)
+        if q is None or not isinstance(q, deque) and q <= edge:
+            # Most paths are changed once (tar -x, rm -rf): a bare timestamp
+            # until a second hit, not a deque each (a third of the check's cost).
+            self._hits[key] = now
+            if threshold >= 1:
+                return False
+            q = self._hits[key] = deque((now,))
+        elif not isinstance(q, deque):
+            q = self._hits[key] = deque((q, now))
+        else:
+            q.append(now)
         while q and q[0] <= edge:
             q.popleft()
         if len(q) <= threshold:
@@ -113,7 +122,8 @@ class RunawayDetector:
 
     def _sweep(self, now: float, window: float) -> None:
         edge = now - window
-        for key in [k for k, q in self._hits.items() if not q or q[-1] <= edge]:
+        for key in [k for k, q in self._hits.items()
+                    if (not q or q[-1] <= edge if isinstance(q, deque) else q <= edge)]:
             del self._hits[key]
         for key in [k for k, t in self._alerted_until.items() if t <= now]:
             del self._alerted_until[key]
