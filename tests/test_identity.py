@@ -14,9 +14,11 @@ import pytest
 
 from conftest import make_workspace, wait_for
 
+from agentfs.core import identity
 from agentfs.core.identity import (IdentityResolver, announce_session, find_session, parent_pid,
                                    pid_alive, process_start_time, session_alive, thread_group)
 from agentfs.core.policy import PolicyHolder
+from agentfs.store.beacon import Beacon
 from agentfs.store import db
 from agentfs.store import sessions as store
 from agentfs.workspace import Workspace
@@ -200,6 +202,45 @@ def test_new_session_overrides_a_cached_untagged_answer(ws: Workspace, resolver:
     assert (ident.agent, ident.how) == ("writer", "session")
 
 
+def test_the_session_stamp_is_a_shared_word_and_falls_back_to_its_mtime(ws: Workspace, procs: list[subprocess.Popen],
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Daemons read the stamp from a mapping (no syscall per request); unmappable, from its mtime."""
+    mapped = IdentityResolver(PolicyHolder(ws.policy_path), ws)
+    with monkeypatch.context() as m:
+        m.setattr(Beacon, "open", classmethod(lambda cls, path: None))
+        unmapped = IdentityResolver(PolicyHolder(ws.policy_path), ws)
+    try:
+        assert mapped._stamp._beacon is not None and unmapped._stamp._beacon is None
+        before = (mapped._stamp.value(), unmapped._stamp.value())
+        root, sleeper = tree(procs)
+        for r in (mapped, unmapped):
+            assert r.resolve(4242, 0, sleeper).how == "default"
+        register(ws, "writer", root.pid)
+        assert mapped._stamp.value() != before[0] and unmapped._stamp.value() != before[1]
+        for r in (mapped, unmapped):
+            assert (r.resolve(4242, 0, sleeper).agent, r.resolve(4242, 0, sleeper).how) == ("writer", "session")
+    finally:
+        mapped.close()
+        unmapped.close()
+
+
+def test_a_repeat_caller_is_answered_from_memory_within_the_window(resolver: IdentityResolver,
+                                                                  procs: list[subprocess.Popen],
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Within RECENT_TTL_S neither the pidfd nor /proc is consulted; after it, they are again."""
+    _root, sleeper = tree(procs)
+    first = resolver.resolve(2001, 0, sleeper)
+    probes: list[int] = []
+    real = resolver._still_same
+    monkeypatch.setattr(resolver, "_still_same", lambda pid, seen: probes.append(pid) or real(pid, seen))
+    assert resolver.resolve(2001, 0, sleeper) is first and probes == []
+    assert resolver.resolve(2002, 0, sleeper).agent == "guest"      # another uid: asked again
+    monkeypatch.setattr(identity, "RECENT_TTL_S", 0.0)
+    resolver.resolve(2001, 0, sleeper)
+    resolver.resolve(2001, 0, sleeper)
+    assert probes.count(sleeper) >= 2
+
+
 def test_session_alive_and_forget_dead(ws: Workspace, resolver: IdentityResolver,
                                        procs: list[subprocess.Popen]) -> None:
     root, sleeper = tree(procs)
@@ -270,7 +311,10 @@ def test_policy_reload_changes_uid_agents(ws: Workspace, resolver: IdentityResol
 
 
 def test_a_dead_process_is_not_recognised_again(ws: Workspace, resolver: IdentityResolver,
-                                                procs: list[subprocess.Popen]) -> None:
+                                                procs: list[subprocess.Popen], monkeypatch) -> None:
+    # Past the few milliseconds a repeat caller is answered from memory (its
+    # pid cannot be reused that fast): then the probe must notice the death.
+    monkeypatch.setattr(identity, "RECENT_TTL_S", 0.0)
     root, sleeper = tree(procs)
     register(ws, "writer", root.pid)
     assert resolver.resolve(0, 0, sleeper).how == "session"

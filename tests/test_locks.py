@@ -565,9 +565,9 @@ async def test_conflict_costs_no_reload_when_nothing_changed(lm, monkeypatch):
 # ---- change detection ----------------------------------------------------------------------------------
 
 async def test_manager_without_beacon_still_sees_other_daemons(make, monkeypatch):
-    from agentfs.store import locks_table
+    from agentfs.store.beacon import Beacon
     d1 = make()
-    monkeypatch.setattr(locks_table.Beacon, "open", classmethod(lambda cls, path: None))
+    monkeypatch.setattr(Beacon, "open", classmethod(lambda cls, path: None))
     d2 = make()
     assert d2._beacon is None
     lock = await d1.acquire("alice", "/f", EX)

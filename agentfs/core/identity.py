@@ -22,16 +22,28 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
+from agentfs.core.session_stamp import StampReader, announce_session, stamp_path
 from agentfs.store import sessions as store
 
 if TYPE_CHECKING:
     from agentfs.core.policy import PolicyHolder
     from agentfs.workspace import Workspace
 
+__all__ = ["Identity", "IdentityResolver", "announce_session", "stamp_path", "find_session",
+           "process_start_time", "parent_pid", "thread_group", "pid_alive", "session_alive"]
+
 log = logging.getLogger(__name__)
 
 _MAX_DEPTH = 4096
 _MAX_CACHE = 1 << 17
+# A repeat caller within this long is answered from memory: no pidfd probe.
+# The probe guards against a pid reused by another process, and reusing a
+# pid takes the kernel a walk through the whole pid space (pid_max forks at
+# ~50 µs each: seconds, not milliseconds). A registration in between still
+# counts at once (the session stamp is compared on every request), and so
+# does a policy reload.
+RECENT_TTL_S = 0.005
+_MAX_RECENT = 4096
 
 
 def _stat_fields(pid: int) -> list[bytes] | None:
@@ -120,25 +132,6 @@ def _walk(pid: int, live: dict[tuple[int, int], store.SessionRow],
     return None
 
 
-def stamp_path(ws: "Workspace") -> str:
-    return str(ws.run_path / "sessions.stamp")
-
-
-def announce_session(ws: "Workspace") -> None:
-    """Tell running daemons a session was registered.
-
-    A daemon caches "not tagged" for processes it has seen; the new session
-    root may be one of them (`agentfs run` itself looks around the mount
-    before it registers), so daemons drop those answers when this changes.
-    """
-    path = stamp_path(ws)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-    try:
-        os.utime(fd, ns=(os.stat(fd).st_atime_ns, max(os.stat(fd).st_mtime_ns + 1, time.time_ns())))
-    finally:
-        os.close(fd)
-
-
 def session_alive(conn: sqlite3.Connection, session_id: int) -> bool:
     """True while the session's root process lives (same pid, same start time)."""
     row = store.get_session(conn, session_id)
@@ -157,9 +150,10 @@ class _Seen:
 class IdentityResolver:
     """Resolves callers to agents for one daemon. Thread-safe (one internal lock), cheap on the trio thread.
 
-    A repeat caller costs a pidfd signal-0 probe (or, for a thread id or once
-    pidfds run out, one read of /proc/PID/stat) plus a stat of the session
-    stamp; the state DB is read only for a process not seen before.
+    A caller seen in the last RECENT_TTL_S costs a dict lookup and a read of
+    the session stamp's shared word; otherwise a repeat caller costs a pidfd
+    signal-0 probe (or, for a thread id or once pidfds run out, one read of
+    /proc/PID/stat). The state DB is read only for a process not seen before.
     """
 
     def __init__(self, holder: "PolicyHolder", ws: "Workspace", mount_agent: str | None = None, *,
@@ -181,14 +175,10 @@ class IdentityResolver:
         # Guards the caches and pidfds: a pidfd closed twice could close an
         # unrelated fd that reused its number.
         self._lock = threading.RLock()
-        self._stamp = stamp_path(ws)
-        self._stamp_seen: int | None = self._stamp_mtime()
-
-    def _stamp_mtime(self) -> int | None:
-        try:
-            return os.stat(self._stamp).st_mtime_ns
-        except OSError:
-            return None
+        self._stamp = StampReader(ws)
+        self._stamp_seen: int | None = self._stamp.value()
+        # pid -> (good until, stamp, policy, uid, answer)
+        self._recent: dict[int, tuple[float, int | None, object, int, Identity]] = {}
 
     @property
     def conn(self) -> sqlite3.Connection:
@@ -202,6 +192,8 @@ class IdentityResolver:
 
     def close(self) -> None:
         with self._lock:
+            self._stamp.close()
+            self._recent.clear()
             for pid in list(self._seen):
                 self._drop(pid)
             if self._conn is not None:
@@ -212,18 +204,29 @@ class IdentityResolver:
         """The agent of a request; never raises for a vanished or odd pid."""
         if self.mount_agent is not None:
             return Identity(self.mount_agent, uid, pid, None, "mount")
+        policy = self.holder.current
+        now = time.monotonic()
+        hit = self._recent.get(pid)
+        if (hit is not None and hit[0] > now and hit[3] == uid and hit[2] is policy
+                and hit[1] == self._stamp.value()):
+            return hit[4]
         if pid > 0:
             with self._lock:
                 tag = self._tag(pid)
+                stamp = self._stamp_seen  # what _tag's answer is good for
         else:
-            tag = None
+            tag = stamp = None
         if tag is not None:
-            return Identity(tag[1], uid, pid, tag[0], "session")
-        policy = self.holder.current
-        agent = policy.agent_for_uid(uid)
-        if agent is not None:
-            return Identity(agent, uid, pid, None, "uid")
-        return Identity(policy.default_agent, uid, pid, None, "default")
+            ident = Identity(tag[1], uid, pid, tag[0], "session")
+        else:
+            agent = policy.agent_for_uid(uid)
+            ident = (Identity(agent, uid, pid, None, "uid") if agent is not None
+                     else Identity(policy.default_agent, uid, pid, None, "default"))
+        if pid > 0:
+            if len(self._recent) >= _MAX_RECENT:
+                self._recent = {p: h for p, h in self._recent.items() if h[0] > now}
+            self._recent[pid] = (now + RECENT_TTL_S, stamp, policy, uid, ident)
+        return ident
 
     def _drop(self, pid: int) -> None:
         seen = self._seen.pop(pid, None)
@@ -242,7 +245,7 @@ class IdentityResolver:
         return process_start_time(pid) == seen.start
 
     def _tag(self, pid: int) -> _Tag | None:
-        stamp = self._stamp_mtime()
+        stamp = self._stamp.value()
         if stamp != self._stamp_seen:
             # A session was registered since: untagged answers may be stale.
             self._stamp_seen = stamp

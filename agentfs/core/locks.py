@@ -47,6 +47,7 @@ from agentfs.core.lock_snapshot import Intent, Snapshot, request_blocker
 from agentfs.core.lock_types import Access, Lock, LockConflict, LockMode, forbids, normalize
 from agentfs.store import db
 from agentfs.store import locks_table as table
+from agentfs.store.beacon import Beacon
 
 if TYPE_CHECKING:
     from agentfs.workspace import Workspace
@@ -93,7 +94,7 @@ class LockManager:
         self._wconn = db.connect(ws)
         self._wmutex = threading.Lock()
         self._rconn = db.connect(ws, readonly=True)
-        self._beacon = table.Beacon.open(ws.run_path / "locks.gen")
+        self._beacon = Beacon.open(ws.run_path / "locks.gen")
         self._beacon_seen: int | None = None
         self._next_recheck = 0.0
         self._data_version: int | None = None

@@ -68,13 +68,26 @@ class WorkspaceGovernor:
                               daemon_id=f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:8]}")
         self.hasher = ContentHasher()
         self._nursery: trio.Nursery | None = None
+        self._cache_seconds: tuple[Any, float] = (None, 60.0)
+        self._callers: dict[int, tuple[Any, Caller]] = {}
 
     # ----- who -----------------------------------------------------------
 
     def identify(self, uid: int, gid: int, pid: int) -> Caller:
-        """The caller's agent. The resolver guards pid reuse (pidfd or start time); no cache here."""
+        """The caller's agent. The resolver guards pid reuse and decides how long an answer holds.
+
+        The resolver hands back the same Identity while its answer holds;
+        so does this the same Caller (one object less per request).
+        """
         ident = self.identity.resolve(uid, gid, pid)
-        return Caller(ident.agent, uid, gid, pid, ident.session_id, ident.how)
+        hit = self._callers.get(pid)
+        if hit is not None and hit[0] is ident and hit[1].gid == gid:
+            return hit[1]
+        caller = Caller(ident.agent, uid, gid, pid, ident.session_id, ident.how)
+        if len(self._callers) >= 4096:
+            self._callers.clear()
+        self._callers[pid] = (ident, caller)
+        return caller
 
     # ----- may -----------------------------------------------------------
 
@@ -128,7 +141,10 @@ class WorkspaceGovernor:
 
     def timeout(self, path: str, strict: bool = False) -> float:
         policy = self.holder.current
-        cache = float(policy.settings("mount").get("cache_seconds", 60.0))
+        if self._cache_seconds[0] is not policy:
+            # Once per policy: this runs for every entry and attribute reply.
+            self._cache_seconds = (policy, float(policy.settings("mount").get("cache_seconds", 60.0)))
+        cache = self._cache_seconds[1]
         if self.mount_agent is not None or not self.policy_on:
             return cache
         # The kernel's caches are shared by all callers and can only leak

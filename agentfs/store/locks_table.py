@@ -14,16 +14,9 @@ conflicting locks.
 
 from __future__ import annotations
 
-import logging
-import mmap
-import os
 import sqlite3
-import struct
-from pathlib import Path
 
 from agentfs.store.db import register_schema
-
-log = logging.getLogger(__name__)
 
 register_schema("locks", """
 CREATE TABLE IF NOT EXISTS locks (
@@ -157,44 +150,3 @@ def intents(conn: sqlite3.Connection) -> list[IntentRow]:
 
 def delete_expired_intents(conn: sqlite3.Connection, now_ns: int) -> int:
     return conn.execute("DELETE FROM lock_intents WHERE expires_ns <= ?", (now_ns,)).rowcount
-
-
-class Beacon:
-    """An 8-byte shared-memory word that lock writers set to the table's generation.
-
-    `PRAGMA data_version` costs ~5 µs, too much for a check on every open;
-    reading this word costs ~0.2 µs. Writers publish after each commit, so
-    by the time a grant is returned to anybody, every process on the host
-    sees a new value. Readers still ask SQLite now and then, in case a
-    writer died between its commit and its publish. Host-local by nature:
-    a multi-host backend needs its own notification.
-    """
-
-    _FMT = struct.Struct("<q")
-
-    def __init__(self, path: Path):
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        try:
-            if os.fstat(fd).st_size < self._FMT.size:
-                os.ftruncate(fd, self._FMT.size)
-            self._mm = mmap.mmap(fd, self._FMT.size)
-        finally:
-            os.close(fd)
-
-    @classmethod
-    def open(cls, path: Path) -> "Beacon | None":
-        """The beacon at `path`, or None (readers then fall back to data_version) if unusable."""
-        try:
-            return cls(path)
-        except OSError as e:
-            log.warning("lock beacon %s unusable (%s): lock checks will query SQLite", path, e)
-            return None
-
-    def read(self) -> int:
-        return self._FMT.unpack_from(self._mm)[0]
-
-    def publish(self, value: int) -> None:
-        self._FMT.pack_into(self._mm, 0, value)
-
-    def close(self) -> None:
-        self._mm.close()
