@@ -167,3 +167,15 @@ def test_parse_accepts_just_the_audit_section():
     s = parse({"reads": True, "retention_records": 9, "durability": "power"})
     assert (s.reads, s.retention_records, s.durability) == (True, 9, "power")
     assert s.runaway == RunawayRule()
+
+
+def test_sweeping_costs_a_bounded_amount_per_change_however_many_paths_are_remembered():
+    """Touching many files once (rm -rf): sweeps visit O(1) keys per change, not keys/period."""
+    d, _alerts, _clock = _detector(RunawayRule(writes_per_file_per_minute=5))
+    visited: list[int] = []
+    real = d._sweep
+    d._sweep = lambda now, window: (visited.append(len(d._hits)), real(now, window))
+    n = 40_000
+    for i in range(n):
+        d.check("a", "write", f"/f{i}")
+    assert visited and sum(visited) <= 2 * n, (len(visited), sum(visited))
