@@ -160,6 +160,22 @@ def test_only_root_or_the_owner_may_tag(ws: Workspace, users: dict[str, int]) ->
     assert sessions(ws) == []
 
 
+def test_the_owner_may_tag_after_a_root_daemon_created_the_session_stamp(ws: Workspace,
+                                                                         users: dict[str, int]) -> None:
+    """A daemon (root) maps the stamp first; a workspace owned by a user must still let it announce."""
+    name = list(users)[1]
+    subprocess.run(["chown", "-R", f"{name}:", str(ws.root)], check=True)
+    resolver = IdentityResolver(PolicyHolder(ws.policy_path), ws)  # what a starting daemon does
+    try:
+        before = resolver._stamp.value()
+        r = run([AGENTFS, "run", "-w", str(ws.root), "--agent", "writer", "--", "echo", "tagged"],
+                user=name, check=False)
+        assert (r.returncode, r.stdout.strip()) == (0, "tagged"), r.stderr
+        assert resolver._stamp.value() != before
+    finally:
+        resolver.close()
+
+
 def test_run_restores_default_sigpipe(ws: Workspace) -> None:
     r = run([AGENTFS, "run", "-w", str(ws.root), "--agent", "writer", "--",
              "sh", "-c", "grep SigIgn /proc/self/status"])

@@ -13,6 +13,7 @@ stat() of its mtime per request.
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import time
@@ -23,6 +24,8 @@ from agentfs.store.beacon import Beacon
 
 if TYPE_CHECKING:
     from agentfs.workspace import Workspace
+
+log = logging.getLogger(__name__)
 
 
 def stamp_path(ws: "Workspace") -> Path:
@@ -50,12 +53,29 @@ def announce_session(ws: "Workspace") -> None:
         os.close(fd)
 
 
+def _hand_to_owner(path: Path, ws: "Workspace") -> None:
+    """The stamp belongs to the workspace's owner, who may run `agentfs run` too.
+
+    A root daemon that creates it first would otherwise lock a non-root
+    owner out of announcing sessions.
+    """
+    try:
+        owner = os.stat(ws.root)
+        st = os.stat(path, follow_symlinks=False)
+        if (st.st_uid, st.st_gid) != (owner.st_uid, owner.st_gid):
+            os.chown(path, owner.st_uid, owner.st_gid, follow_symlinks=False)
+    except OSError as e:
+        log.warning("cannot give %s to the workspace's owner (%s): only root can start agents", path, e)
+
+
 class StampReader:
     """The current value of a workspace's session stamp; compare it with the last one seen."""
 
     def __init__(self, ws: "Workspace") -> None:
         self.path = stamp_path(ws)
         self._beacon = Beacon.open(self.path)
+        if self._beacon is not None and os.geteuid() == 0:
+            _hand_to_owner(self.path, ws)
 
     def value(self) -> int | None:
         if self._beacon is not None:

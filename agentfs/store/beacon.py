@@ -36,7 +36,7 @@ class Beacon:
 
     @classmethod
     def open(cls, path: Path) -> "Beacon | None":
-        """The beacon at `path`, or None (readers then fall back to data_version) if unusable."""
+        """The beacon at `path`, or None if unusable (its readers then fall back to a slower check)."""
         try:
             return cls(path)
         except OSError as e:
