@@ -144,8 +144,8 @@ def _insert(conn: sqlite3.Connection, records: list[NewRecord], genesis: str,
 
 # Rows go in as multi-row INSERTs: executemany steps SQLite once per row,
 # and each step hands the GIL to the FUSE loop's thread and back, which
-# stalls the loop behind the writer thread (about half the audit's cost on
-# rm -rf). Statement sizes are powers of two, so a handful stay prepared.
+# stalls the loop behind the writer thread (~2 % of rm -rf). Statement sizes
+# are powers of two, so a handful stay prepared.
 _MAX_ROWS = 256
 _ROW = "(" + ",".join("?" * len(COLUMNS)) + ")"
 
