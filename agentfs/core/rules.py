@@ -69,25 +69,13 @@ class WorkspaceGovernor:
         self.hasher = ContentHasher()
         self._nursery: trio.Nursery | None = None
         self._cache_seconds: tuple[Any, float] = (None, 60.0)
-        self._callers: dict[int, tuple[Any, Caller]] = {}
 
     # ----- who -----------------------------------------------------------
 
     def identify(self, uid: int, gid: int, pid: int) -> Caller:
-        """The caller's agent. The resolver guards pid reuse and decides how long an answer holds.
-
-        The resolver hands back the same Identity while its answer holds;
-        so does this the same Caller (one object less per request).
-        """
+        """The caller's agent. The resolver guards pid reuse and decides how long an answer holds."""
         ident = self.identity.resolve(uid, gid, pid)
-        hit = self._callers.get(pid)
-        if hit is not None and hit[0] is ident and hit[1].gid == gid:
-            return hit[1]
-        caller = Caller(ident.agent, uid, gid, pid, ident.session_id, ident.how)
-        if len(self._callers) >= 4096:
-            self._callers.clear()
-        self._callers[pid] = (ident, caller)
-        return caller
+        return Caller(ident.agent, uid, gid, pid, ident.session_id, ident.how)
 
     # ----- may -----------------------------------------------------------
 
