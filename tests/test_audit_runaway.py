@@ -93,6 +93,30 @@ def test_deny_refuses_every_change_of_the_agent_until_the_cooloff_ends():
     assert d.check("loopy", "create", "/elsewhere") is False
 
 
+def test_a_removal_counts_as_a_change_but_not_against_its_path():
+    """rm -rf must not fill the per-path counts; deleting and recreating a file still shows."""
+    d, alerts, clock = _detector(RunawayRule(writes_per_file_per_minute=2, ops_per_minute=5))
+    for _ in range(3):
+        assert d.check("a", "unlink", "/f", removal=True) is False
+    assert alerts == [] and not any(k[2] == "/f" for k in d._hits)
+    for _ in range(3):
+        d.check("b", "create", "/g")
+        d.check("b", "unlink", "/g", removal=True)
+    assert [(a.agent, a.rule, a.count) for a in alerts] == [("b", "writes_per_file_per_minute", 3),
+                                                            ("b", "ops_per_minute", 6)]
+    for _ in range(3):
+        d.check("a", "rmdir", "/d", removal=True)
+    assert [(a.agent, a.rule, a.count) for a in alerts[2:]] == [("a", "ops_per_minute", 6)]
+
+
+def test_a_cooling_off_agent_may_not_remove_either():
+    d, alerts, clock = _detector(RunawayRule(writes_per_file_per_minute=1, action="deny", cooloff_seconds=30))
+    assert [d.check("a", "create", "/g") for _ in range(2)] == [False, True]
+    assert d.check("a", "unlink", "/g", removal=True) is True
+    clock.t += 31
+    assert d.check("a", "unlink", "/g", removal=True) is False
+
+
 def test_per_agent_overrides():
     s = parse({"audit": {"runaway": {"writes_per_file_per_minute": 100}},
                "agents": {"intern": {"runaway": {"writes_per_file_per_minute": 2, "action": "deny"}}}})

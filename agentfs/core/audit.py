@@ -259,10 +259,11 @@ class AuditLog:
 
     # --- runaway ------------------------------------------------------------------
 
-    def runaway(self, agent: str, op: str, path: str, uid: int = -1, pid: int = 0) -> bool:
+    def runaway(self, agent: str, op: str, path: str, uid: int = -1, pid: int = 0,
+                removal: bool = False) -> bool:
         """Count a change; True means deny it (action "deny" and the agent is cooling off)."""
         self._alert_caller = (uid, pid)
-        return self.runaways.check(agent, op, path)
+        return self.runaways.check(agent, op, path, removal)
 
     def _on_alert(self, a: Alert) -> None:
         details: dict[str, Any] = {"rule": a.rule, "count": a.count, "threshold": a.threshold,

@@ -9,6 +9,7 @@ record of what happened (changes and denials alike).
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import os
 import time
@@ -31,8 +32,12 @@ from agentfs.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
-# Letters that change something: these count towards runaway detection.
-_CHANGING = set("wcd")
+# What a request needs, mapped to how it counts towards runaway detection:
+# None (reads), "path" (the path gets content or a name: counted against it)
+# or "removal" (only removed: counted as a change, not against the path).
+@functools.lru_cache(maxsize=None)
+def _runaway_kind(rights: str) -> str | None:
+    return "path" if set(rights) & set("wc") else "removal" if "d" in rights else None
 HOUSEKEEPING_SECONDS = 1.0
 COMPONENTS = frozenset({"audit", "locks", "policy"})
 # Content hashes are skipped above this size, and for sparse files above the
@@ -95,7 +100,9 @@ class WorkspaceGovernor:
             code = errno.EACCES if visible else errno.ENOENT
             self._deny(caller, op, path, code, {"need": rights, "have": have.fixed()})
             raise Denied(code, f"{caller.agent} lacks {rights} on {path}")
-        if self.audit_on and _CHANGING & set(rights) and self.audit.runaway(caller.agent, op, path, caller.uid, caller.pid):
+        kind = _runaway_kind(rights) if self.audit_on else None
+        if kind is not None and self.audit.runaway(caller.agent, op, path, caller.uid, caller.pid,
+                                                   removal=kind == "removal"):
             self._deny(caller, op, path, errno.EACCES, {"reason": "runaway cooling-off"})
             raise Denied(errno.EACCES, f"{caller.agent} is cooling off after a runaway")
 

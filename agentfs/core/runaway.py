@@ -63,10 +63,14 @@ class RunawayDetector:
         del self._cooloff_until[agent]
         return False
 
-    def check(self, agent: str, op: str, path: str) -> bool:
+    def check(self, agent: str, op: str, path: str, removal: bool = False) -> bool:
         """Count one change (the caller asks only for changes); True means refuse it.
 
         True only with action "deny" while the agent is cooling off.
+        `removal`: the change only takes the path away (unlink, rmdir, the
+        source of a rename). It counts as a change but not against the path:
+        a loop that deletes and recreates a file shows in the recreation, and
+        counting every deleted path (rm -rf) cost ~5 % of the deletion.
         """
         now = self.clock()
         rule = self._settings().rule_for(agent)
@@ -82,7 +86,7 @@ class RunawayDetector:
         deny = False
         # Every change counts against its path: a loop rewriting one file shows
         # as opens for writing, truncates, or renames onto it (atomic saves).
-        if rule.writes_per_file_per_minute:
+        if rule.writes_per_file_per_minute and not removal:
             deny |= self._count(now, rule, agent, "writes_per_file_per_minute", path,
                                 rule.writes_per_file_per_minute)
         if rule.new_files_per_minute and op in NEW_FILE_OPS:
