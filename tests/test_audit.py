@@ -373,9 +373,29 @@ def test_a_rewritten_journal_keeps_exactly_the_pending_entries(ws):
     j.rewrite([entry(4), entry(5)])
     j.append(entry(6))
     assert [e.n for e in audit_journal.read_entries(j.path)] == [4, 5, 6]
-    assert j.size == j.path.stat().st_size
     assert [p.name for p in ws.run_path.iterdir() if p.name.startswith("audit-journal")] == [j.path.name]
+    j.close(remove=False)
+    assert j.size == j.path.stat().st_size  # a kept journal is cut to its lines
+    assert [e.n for e in audit_journal.read_entries(j.path)] == [4, 5, 6]
+
+
+def test_a_journal_grows_past_its_first_mapping_and_reopens_where_it_ended(ws, monkeypatch):
+    from agentfs.core import audit_journal
+    from agentfs.store.audit_log import NewRecord
+
+    monkeypatch.setattr(audit_journal, "_CAPACITY", 4096)
+    j = audit_journal.Journal(ws, 424243, 1)
+    for n in range(1, 101):  # ~100 bytes a line: several times the first mapping
+        j.append(audit_journal.Entry(n, NewRecord(n, "a", 0, 1, "mkdir", f"/d{n}", None, "ok", None),
+                                     "me", None, None))
+    assert j.path.stat().st_size > 4096
+    j.close(remove=False)
+    j = audit_journal.Journal(ws, 424243, 1)  # appends after the last line, not after the tail
+    j.append(audit_journal.Entry(101, NewRecord(101, "a", 0, 1, "rmdir", "/d1", None, "ok", None),
+                                 "me", None, None))
+    assert [e.n for e in audit_journal.read_entries(j.path)] == list(range(1, 102))
     j.close(remove=True)
+    assert not j.path.exists()
 
 
 async def test_record_durable_with_power_durability_waits_for_the_commit(ws):

@@ -143,8 +143,31 @@ async def test_a_torn_last_journal_line_is_skipped(ws):
     j = audit_journal.Journal(ws, pid, 12345)
     j.append(audit_journal.Entry(1, NewRecord(time.time_ns(), "ghost", 0, 1, "mkdir", "/d", None, "ok",
                                               None), "dead", None, None))
-    os.write(j.fd, b'[2, 17, "ghost", 0, 1, "mkd')  # power cut mid-line
     j.close(remove=False)
+    with open(j.path, "ab") as f:
+        f.write(b'[2, 17, "ghost", 0, 1, "mkd')  # power cut mid-line
+    async with running(ws):
+        pass
+    assert [(r["agent"], r["path"]) for r in iter_records(ws)] == [("ghost", "/d")]
+    assert not j.path.exists()
+
+
+async def test_a_line_cut_short_in_the_mapped_journal_is_skipped(ws):
+    """Killed mid-copy: part of the last line is in the mapping, the rest is still zeros."""
+    from agentfs.core import audit_journal
+    from agentfs.store.audit_log import NewRecord
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    j = audit_journal.Journal(ws, int(gone.stdout), 12346)
+    rec = NewRecord(time.time_ns(), "ghost", 0, 1, "mkdir", "/d", None, "ok", None)
+    j.append(audit_journal.Entry(1, rec, "dead", None, None))
+    whole = audit_journal._line(audit_journal.Entry(2, rec, "dead", None, None))
+    torn = whole[:10] + bytes(len(whole) - 11) + whole[-1:]  # copied out of order, the newline first
+    j._map[j.size:j.size + len(torn)] = torn
+    j._map.close()  # the process dies: no close(), the file keeps its zero tail
+    os.close(j.fd)
+    assert j.path.stat().st_size > j.size
     async with running(ws):
         pass
     assert [(r["agent"], r["path"]) for r in iter_records(ws)] == [("ghost", "/d")]
