@@ -436,3 +436,44 @@ async def test_recent_agents_for_status(ws):
     rows = store.recent_agents(conn, t)
     assert [(a, n) for a, n, _ts in rows] == [("alice", 2), ("bob", 1)]
     assert rows[0][2] >= rows[1][2] >= t
+
+
+_FILL_JOURNAL = r"""
+import sys
+from pathlib import Path
+from agentfs.core import audit_journal
+from agentfs.store.audit_log import NewRecord
+
+class Ws:  # only run_path is used
+    run_path = Path(sys.argv[1])
+
+audit_journal._CAPACITY = 64 << 10
+j = audit_journal.Journal(Ws(), 424244, 1)
+n = 0
+try:
+    while True:
+        n += 1
+        j.append(audit_journal.Entry(n, NewRecord(n, "a", 0, 1, "mkdir", "/d" * 200, None, "ok", None),
+                                     "me", None, None))
+except OSError as e:
+    print(e.errno, n - 1, flush=True)
+"""
+
+
+def test_a_full_disk_fails_a_journal_append_with_enospc_and_never_kills_the_daemon(tmp_path):
+    """Mapped pages without blocks behind them would answer a full disk with SIGBUS."""
+    import errno
+    import subprocess
+    import sys
+
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(small)], check=True)
+    try:
+        p = subprocess.run([sys.executable, "-c", _FILL_JOURNAL, str(small)], capture_output=True,
+                           text=True, timeout=60)
+    finally:
+        subprocess.run(["umount", "-l", str(small)], check=True)
+    assert p.returncode == 0, p.stderr
+    code, appended = map(int, p.stdout.split())
+    assert code == errno.ENOSPC and appended > 100

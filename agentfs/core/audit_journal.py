@@ -13,8 +13,10 @@ writer task commits it to the log soon after, and notes in the same
 transaction how far the journal is applied. A daemon that starts replays
 what a dead daemon journaled but never committed, then deletes that journal.
 
-The file is mapped at a fixed capacity (grown when full), so past the last
-line it holds zero bytes; a line ends with a newline and never contains a
+The file is mapped at a fixed capacity, allocated on disk before it is
+mapped (so a full disk fails one change with ENOSPC rather than killing the
+daemon with SIGBUS) and grown when full, so past the last line it holds
+zero bytes; a line ends with a newline and never contains a
 zero byte (JSON escapes it), so a reader stops at the first zero, and a last
 line cut short (the daemon killed mid-copy, or a power cut) is skipped.
 
@@ -24,6 +26,7 @@ journal of a dead daemon is recognised even when its pid was reused.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import mmap
@@ -83,7 +86,7 @@ class Journal:
     def _adopt(self, fd: int, used: int) -> None:
         """Map `fd`, whose first `used` bytes are complete lines, for appending."""
         capacity = max(_CAPACITY, _round_up(used * 2))
-        os.ftruncate(fd, capacity)
+        _reserve(fd, capacity)
         self.fd, self.size = fd, used
         self._map = mmap.mmap(fd, capacity, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
 
@@ -98,7 +101,7 @@ class Journal:
 
     def _grow(self, need: int) -> None:
         capacity = _round_up(max(need, 2 * len(self._map)))
-        os.ftruncate(self.fd, capacity)
+        _reserve(self.fd, capacity)
         self._map.resize(capacity)
 
     def rewrite(self, pending: list[Entry]) -> None:
@@ -132,6 +135,25 @@ class Journal:
                 os.ftruncate(self.fd, self.size)
         finally:
             os.close(self.fd)
+
+
+def _reserve(fd: int, size: int) -> None:
+    """Give the file `size` bytes of allocated blocks before they are mapped.
+
+    A store into a page of a sparse mapping allocates its block at that
+    moment, and on a full disk the kernel answers with SIGBUS, which would
+    kill the daemon (and its mount). Allocated up front, a full disk shows
+    here instead, as ENOSPC for the one change being journaled.
+    """
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as e:
+        if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+            raise
+        # A filesystem without fallocate: write the zeros out instead.
+        have = os.fstat(fd).st_size
+        if size > have:
+            os.pwrite(fd, bytes(size - have), have)
 
 
 def _round_up(n: int) -> int:
