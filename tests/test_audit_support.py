@@ -14,10 +14,10 @@ from agentfs.workspace import Workspace
 
 @contextlib.asynccontextmanager
 async def running(ws: Workspace, settings: Callable[[], dict] | dict | None = None,
-                  daemon_id: str = "d1") -> AsyncIterator[AuditLog]:
+                  daemon_id: str = "d1", helper: bool = False) -> AsyncIterator[AuditLog]:
     """An AuditLog whose writer runs for the duration of the block, flushed at the end."""
     cfg = settings if callable(settings) else (lambda d=settings or {}: d)
-    log = AuditLog(ws, cfg, daemon_id)
+    log = AuditLog(ws, cfg, daemon_id, helper=helper)
     async with trio.open_nursery() as n:
         await n.start(log.run)
         try:

@@ -32,6 +32,7 @@ from typing import Any, Callable, Iterable
 import trio
 
 from agentfs.core import audit_archive, audit_journal
+from agentfs.core.audit_committer import Committer
 from agentfs.core.audit_chain import GENESIS, VerifyResult, check_pin, head, record_hash, verify
 from agentfs.core.audit_content import ContentHasher, coalesce_ranges
 from agentfs.core.audit_query import iter_records
@@ -139,8 +140,11 @@ def proc_start_time(pid: int) -> int | None:
 class AuditLog:
     """The per-daemon front of the shared audit log."""
 
-    def __init__(self, ws: Workspace, settings: Callable[[], dict], daemon_id: str) -> None:
+    def __init__(self, ws: Workspace, settings: Callable[[], dict], daemon_id: str,
+                 helper: bool = False) -> None:
+        """`helper`: group commits in a helper process (audit_committer) instead of a worker thread."""
         self.ws = ws
+        self._committer = Committer(ws.root) if helper else None
         self.daemon_id = daemon_id
         self._settings_fn = settings
         self._settings_raw: Any = object()
@@ -298,6 +302,8 @@ class AuditLog:
             with trio.CancelScope(shield=True):
                 while self._batch.items and self._failures < 5:
                     await self._commit_next(retention=False)
+                if self._committer is not None:
+                    await self._committer.aclose()
                 self._running = False
                 journal, self._journal = self._journal, None
                 conn, self._conn = self._conn, None
@@ -326,7 +332,7 @@ class AuditLog:
         self._committing = batch
         if batch.items:
             try:
-                batch.seqs = await trio.to_thread.run_sync(self._commit_sync, batch.items)
+                batch.seqs = await self._commit(batch.items)
                 self._failures = 0
             except Exception as e:  # noqa: BLE001 - every waiter must hear of it
                 self._failures += 1
@@ -354,18 +360,33 @@ class AuditLog:
                           or time.monotonic() - self._last_retention > _RETENTION_EVERY_S):
             await self._retention()
 
-    def _commit_sync(self, items: list[_Item]) -> list[int]:
-        conn = self._conn
-        assert conn is not None
+    async def _commit(self, items: list[_Item]) -> list[int]:
+        if self._committer is None:
+            return await trio.to_thread.run_sync(self._commit_sync, items)
+        mode, adds, dels, mark = self._commit_parts(items)
+        r = [(it.rec.ts_ns, it.rec.agent, it.rec.uid, it.rec.pid, it.rec.op, it.rec.path, it.rec.new_path,
+              it.rec.result, it.rec.details) for it in items]
+        return await self._committer.commit((mode, r, [(a.index, a.daemon_id, a.handle_id, a.daemon_pid,
+                                                         a.daemon_start) for a in adds], dels, mark))
+
+    def _commit_parts(self, items: list[_Item]) -> tuple[str, list[store.InflightAdd], list[tuple[str, int]],
+                                                         tuple[str, int] | None]:
+        """What a batch's transaction does besides appending its records."""
         mode = "FULL" if self.settings().durability == "power" else "NORMAL"
-        if mode != self._sync_mode:
-            conn.execute(f"PRAGMA synchronous={mode}")
-            self._sync_mode = mode
         adds = [store.InflightAdd(i, self.daemon_id, it.handle_add, self._pid, self._start)
                 for i, it in enumerate(items) if it.handle_add is not None]
         dels = [(self.daemon_id, it.handle_del) for it in items if it.handle_del is not None]
         jmax = max((it.jn for it in items if it.jn is not None), default=None)
         mark = (self._journal.key, jmax) if jmax is not None and self._journal is not None else None
+        return mode, adds, dels, mark
+
+    def _commit_sync(self, items: list[_Item]) -> list[int]:
+        conn = self._conn
+        assert conn is not None
+        mode, adds, dels, mark = self._commit_parts(items)
+        if mode != self._sync_mode:
+            conn.execute(f"PRAGMA synchronous={mode}")
+            self._sync_mode = mode
         out = store.append(conn, [it.rec for it in items], GENESIS, record_hash, adds, dels, mark)
         return [seq for seq, _h in out]
 

@@ -70,7 +70,8 @@ class WorkspaceGovernor:
         self.locks = LockManager(ws, lambda: self.holder.current.settings("locks"),
                                  session_alive=self.identity.session_alive)
         self.audit = AuditLog(ws, policy_settings(self.holder),
-                              daemon_id=f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:8]}")
+                              daemon_id=f"{os.uname().nodename}:{os.getpid()}:{uuid.uuid4().hex[:8]}",
+                              helper=True)
         self.hasher = ContentHasher()
         self._nursery: trio.Nursery | None = None
         self._cache_seconds: tuple[Any, float] = (None, 60.0)
