@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import signal
 import struct
 import subprocess
 import sys
@@ -151,6 +152,10 @@ def main() -> None:
     from agentfs.store import db
     from agentfs.workspace import Workspace
 
+    # A Ctrl-C or a service stop reaches the whole process group; the helper
+    # leaves when its daemon closes the pipe, after the daemon's last flush.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     ws = Workspace.open(sys.argv[1])
     conn = db.connect(ws)
