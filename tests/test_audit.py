@@ -477,3 +477,43 @@ def test_a_full_disk_fails_a_journal_append_with_enospc_and_never_kills_the_daem
     assert p.returncode == 0, p.stderr
     code, appended = map(int, p.stdout.split())
     assert code == errno.ENOSPC and appended > 100
+
+
+def test_a_rewrite_that_finds_the_disk_full_keeps_the_journal_in_use(tmp_path, monkeypatch):
+    """The replacement is allocated and mapped before its rename, or appends would go to an unlinked file."""
+    import errno
+    import subprocess
+    from pathlib import Path
+
+    from agentfs.core import audit_journal
+    from agentfs.store.audit_log import NewRecord
+
+    class Ws:
+        run_path = tmp_path / "small"
+
+    Ws.run_path.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(Ws.run_path)], check=True)
+    try:
+        monkeypatch.setattr(audit_journal, "_CAPACITY", 64 << 10)
+
+        def entry(n: int) -> audit_journal.Entry:
+            return audit_journal.Entry(n, NewRecord(n, "a", 0, 1, "mkdir", f"/d{n}", None, "ok", None),
+                                       "me", None, None)
+
+        j = audit_journal.Journal(Ws(), 424245, 1)
+        j.append(entry(1))
+        filler = Path(Ws.run_path / "filler")
+        with open(filler, "wb") as f:
+            try:
+                f.write(bytes(256 << 10))
+            except OSError:
+                pass
+        with pytest.raises(OSError) as e:
+            j.rewrite([entry(1)])
+        assert e.value.errno == errno.ENOSPC
+        j.append(entry(2))  # still the journal on disk, not an unlinked file
+        assert [x.n for x in audit_journal.read_entries(j.path)] == [1, 2]
+        assert sorted(p.name for p in Ws.run_path.iterdir()) == sorted([j.path.name, "filler"])
+        j.close(remove=True)
+    finally:
+        subprocess.run(["umount", "-l", str(Ws.run_path)], check=True)

@@ -366,8 +366,12 @@ class AuditLog:
         mode, adds, dels, mark = self._commit_parts(items)
         r = [(it.rec.ts_ns, it.rec.agent, it.rec.uid, it.rec.pid, it.rec.op, it.rec.path, it.rec.new_path,
               it.rec.result, it.rec.details) for it in items]
-        return await self._committer.commit((mode, r, [(a.index, a.daemon_id, a.handle_id, a.daemon_pid,
-                                                         a.daemon_start) for a in adds], dels, mark))
+        request = (mode, r, [(a.index, a.daemon_id, a.handle_id, a.daemon_pid, a.daemon_start) for a in adds],
+                   dels, mark)
+        # Not cancellable, as a worker thread's commit is not: a batch cancelled
+        # mid-commit would be dropped while its journal was deleted as applied.
+        with trio.CancelScope(shield=True):
+            return await self._committer.commit(request)
 
     def _commit_parts(self, items: list[_Item]) -> tuple[str, list[store.InflightAdd], list[tuple[str, int]],
                                                          tuple[str, int] | None]:

@@ -87,8 +87,8 @@ class Journal:
         """Map `fd`, whose first `used` bytes are complete lines, for appending."""
         capacity = max(_CAPACITY, _round_up(used * 2))
         _reserve(fd, capacity)
+        self._map = _map(fd, capacity)
         self.fd, self.size = fd, used
-        self._map = mmap.mmap(fd, capacity, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
 
     def append(self, e: Entry) -> None:
         """One copy into the mapping: when it returns the entry survives the process."""
@@ -114,14 +114,23 @@ class Journal:
         """
         tmp = self.path.with_name(self.path.name + ".tmp")
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        new_map = None
         try:
             used = _write_all(fd, b"".join(_line(e) for e in pending))
+            # Allocated and mapped before the rename: past it nothing may fail,
+            # or appends would go on into the replaced (unlinked) file.
+            capacity = max(_CAPACITY, _round_up(used * 2))
+            _reserve(fd, capacity)
+            new_map = _map(fd, capacity)
             os.rename(tmp, self.path)
         except BaseException:
+            if new_map is not None:
+                new_map.close()
             os.close(fd)
+            tmp.unlink(missing_ok=True)
             raise
         old_map, old_fd = self._map, self.fd
-        self._adopt(fd, used)
+        self._map, self.fd, self.size = new_map, fd, used
         old_map.close()
         os.close(old_fd)
 
@@ -154,6 +163,10 @@ def _reserve(fd: int, size: int) -> None:
         have = os.fstat(fd).st_size
         if size > have:
             os.pwrite(fd, bytes(size - have), have)
+
+
+def _map(fd: int, size: int) -> mmap.mmap:
+    return mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
 
 
 def _round_up(n: int) -> int:
