@@ -517,3 +517,22 @@ def test_a_rewrite_that_finds_the_disk_full_keeps_the_journal_in_use(tmp_path, m
         j.close(remove=True)
     finally:
         subprocess.run(["umount", "-l", str(Ws.run_path)], check=True)
+
+
+def test_a_reopened_journal_appends_after_its_last_whole_line(ws):
+    from agentfs.core import audit_journal
+    from agentfs.store.audit_log import NewRecord
+
+    def entry(n: int) -> audit_journal.Entry:
+        return audit_journal.Entry(n, NewRecord(n, "a", 0, 1, "mkdir", f"/d{n}", None, "ok", None),
+                                   "me", None, None)
+
+    j = audit_journal.Journal(ws, 424246, 1)
+    j.append(entry(1))
+    j._map[j.size:j.size + 5] = b'[2,17'  # torn: the process died mid-copy
+    j._map.close()
+    os.close(j.fd)
+    j = audit_journal.Journal(ws, 424246, 1)
+    j.append(entry(3))
+    assert [e.n for e in audit_journal.read_entries(j.path)] == [1, 3]
+    j.close(remove=True)

@@ -175,11 +175,14 @@ def _round_up(n: int) -> int:
 
 
 def _used_bytes(fd: int) -> int:
-    """How much of a journal holds lines: up to its first zero byte (a mapped tail)."""
+    """How much of a journal holds whole lines: up to the last newline before its first zero byte.
+
+    Appends then start after the last whole line, never glued to a torn one.
+    """
     with os.fdopen(os.dup(fd), "rb") as f:
         data = f.read()
     end = data.find(b"\0")
-    return len(data) if end < 0 else end
+    return data.rfind(b"\n", 0, len(data) if end < 0 else end) + 1
 
 
 def _line(e: Entry) -> bytes:

@@ -32,12 +32,6 @@ from agentfs.workspace import Workspace
 
 log = logging.getLogger(__name__)
 
-# What a request needs, mapped to how it counts towards runaway detection:
-# None (reads), "path" (the path gets content or a name: counted against it)
-# or "removal" (only removed: counted as a change, not against the path).
-@functools.lru_cache(maxsize=None)
-def _runaway_kind(rights: str) -> str | None:
-    return "path" if set(rights) & set("wc") else "removal" if "d" in rights else None
 HOUSEKEEPING_SECONDS = 1.0
 COMPONENTS = frozenset({"audit", "locks", "policy"})
 # Content hashes are skipped above this size, and for sparse files above the
@@ -47,6 +41,16 @@ HASH_SPARSE_MIN_BYTES = 64 << 20
 # Files up to this size are hashed on the loop thread at release (a few µs):
 # handing them to a worker thread would cost more than the hash.
 HASH_INLINE_BYTES = 64 << 10
+
+
+@functools.lru_cache(maxsize=None)
+def _runaway_kind(rights: str) -> str | None:
+    """How a request needing `rights` counts towards runaway detection.
+
+    None (reads), "path" (the path gets content or a name: counted against
+    it) or "removal" (it is only taken away: a change, not one against it).
+    """
+    return "path" if set(rights) & set("wc") else "removal" if "d" in rights else None
 
 
 class WorkspaceGovernor:

@@ -70,7 +70,8 @@ class RunawayDetector:
         `removal`: the change only takes the path away (unlink, rmdir, the
         source of a rename). It counts as a change but not against the path:
         a loop that deletes and recreates a file shows in the recreation, and
-        counting every deleted path (rm -rf) cost ~5 % of the deletion.
+        counting every deleted path (rm -rf) filled the window's table with
+        keys that can never count again.
         """
         now = self.clock()
         rule = self._settings().rule_for(agent)
