@@ -3,7 +3,8 @@
 A FUSE handler awaits `record()` before it replies, so appending must be
 cheap and must never block the trio loop. One writer task per daemon takes
 everything queued since its last commit and appends it in one transaction
-in a worker thread (group commit), then wakes every waiter: under load, one
+(group commit) in the daemon's helper process (audit_committer; a worker
+thread without it), then wakes every waiter: under load, one
 commit serves many requests. Several daemons of one workspace append to the
 same table; `BEGIN IMMEDIATE` serialises them into one chain.
 
@@ -32,7 +33,7 @@ from typing import Any, Callable, Iterable
 import trio
 
 from agentfs.core import audit_archive, audit_journal
-from agentfs.core.audit_committer import Committer
+from agentfs.core.audit_committer import Committer, Request, apply_batch
 from agentfs.core.audit_chain import GENESIS, VerifyResult, check_pin, head, record_hash, verify
 from agentfs.core.audit_content import ContentHasher, coalesce_ranges
 from agentfs.core.audit_query import iter_records
@@ -157,7 +158,6 @@ class AuditLog:
         self._stopping = False
         self._stopped = trio.Event()
         self._conn: sqlite3.Connection | None = None
-        self._sync_mode: str | None = None
         self._pid = os.getpid()
         self._start = proc_start_time(self._pid) or 0
         self._since_retention = 0
@@ -363,36 +363,28 @@ class AuditLog:
     async def _commit(self, items: list[_Item]) -> list[int]:
         if self._committer is None:
             return await trio.to_thread.run_sync(self._commit_sync, items)
-        mode, adds, dels, mark = self._commit_parts(items)
-        r = [(it.rec.ts_ns, it.rec.agent, it.rec.uid, it.rec.pid, it.rec.op, it.rec.path, it.rec.new_path,
-              it.rec.result, it.rec.details) for it in items]
-        request = (mode, r, [(a.index, a.daemon_id, a.handle_id, a.daemon_pid, a.daemon_start) for a in adds],
-                   dels, mark)
+        request = self._request(items)
         # Not cancellable, as a worker thread's commit is not: a batch cancelled
         # mid-commit would be dropped while its journal was deleted as applied.
         with trio.CancelScope(shield=True):
             return await self._committer.commit(request)
 
-    def _commit_parts(self, items: list[_Item]) -> tuple[str, list[store.InflightAdd], list[tuple[str, int]],
-                                                         tuple[str, int] | None]:
-        """What a batch's transaction does besides appending its records."""
+    def _commit_sync(self, items: list[_Item]) -> list[int]:
+        """The same transaction on this daemon's own connection (in a worker thread)."""
+        assert self._conn is not None
+        return apply_batch(self._conn, self._request(items), GENESIS, record_hash)
+
+    def _request(self, items: list[_Item]) -> Request:
+        """A batch's transaction as plain values: its records, in-flight changes and journal mark."""
         mode = "FULL" if self.settings().durability == "power" else "NORMAL"
-        adds = [store.InflightAdd(i, self.daemon_id, it.handle_add, self._pid, self._start)
+        recs = [(it.rec.ts_ns, it.rec.agent, it.rec.uid, it.rec.pid, it.rec.op, it.rec.path, it.rec.new_path,
+                 it.rec.result, it.rec.details) for it in items]
+        adds = [(i, self.daemon_id, it.handle_add, self._pid, self._start)
                 for i, it in enumerate(items) if it.handle_add is not None]
         dels = [(self.daemon_id, it.handle_del) for it in items if it.handle_del is not None]
         jmax = max((it.jn for it in items if it.jn is not None), default=None)
         mark = (self._journal.key, jmax) if jmax is not None and self._journal is not None else None
-        return mode, adds, dels, mark
-
-    def _commit_sync(self, items: list[_Item]) -> list[int]:
-        conn = self._conn
-        assert conn is not None
-        mode, adds, dels, mark = self._commit_parts(items)
-        if mode != self._sync_mode:
-            conn.execute(f"PRAGMA synchronous={mode}")
-            self._sync_mode = mode
-        out = store.append(conn, [it.rec for it in items], GENESIS, record_hash, adds, dels, mark)
-        return [seq for seq, _h in out]
+        return mode, recs, adds, dels, mark
 
     def _replay_journals_sync(self) -> int:
         assert self._conn is not None

@@ -79,7 +79,7 @@ class Committer:
             status, value = pickle.loads(await self._frame())
         except BaseException as e:
             # Cancelled or broken mid-exchange: the pipe is out of step, so start over.
-            await self._discard()
+            await self._stop(grace_s=0.0)
             if isinstance(e, (OSError, trio.BrokenResourceError, trio.ClosedResourceError, EOFError)):
                 raise CommitterError(f"the audit commit helper is gone: {e or type(e).__name__}") from e
             raise
@@ -101,50 +101,37 @@ class Committer:
                 raise EOFError("the helper closed its end")
             self._buf += chunk
 
-    async def _discard(self) -> None:
-        proc, self._proc = self._proc, None
-        for stream in (self._send, self._recv):
-            if stream is not None:
-                with trio.CancelScope(shield=True):
-                    await stream.aclose()
-        self._send = self._recv = None
-        if proc is not None and proc.poll() is None:
-            proc.kill()
-        if proc is not None:
-            with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(proc.wait)
-
     async def aclose(self) -> None:
         """Close the pipe; the helper finishes the commit in hand (none, here) and exits."""
+        await self._stop(grace_s=30.0)
+
+    async def _stop(self, grace_s: float) -> None:
+        """Close both ends and reap the helper, killing it at once or after `grace_s`."""
         proc, self._proc = self._proc, None
-        if self._send is not None:
-            with trio.CancelScope(shield=True):
-                await self._send.aclose()
-        if self._recv is not None:
-            with trio.CancelScope(shield=True):
-                await self._recv.aclose()
-        self._send = self._recv = None
-        if proc is not None:
-            with trio.CancelScope(shield=True):
+        streams, self._send, self._recv = (self._send, self._recv), None, None
+        with trio.CancelScope(shield=True):
+            for stream in streams:
+                if stream is not None:
+                    await stream.aclose()
+            if proc is None:
+                return
+            if grace_s > 0:
                 try:
-                    await trio.to_thread.run_sync(proc.wait, 30)
+                    await trio.to_thread.run_sync(proc.wait, grace_s)
+                    return
                 except subprocess.TimeoutExpired:
                     log.error("audit: the commit helper did not exit; killing it")
-                    proc.kill()
-                    await trio.to_thread.run_sync(proc.wait)
+            proc.kill()
+            await trio.to_thread.run_sync(proc.wait)
 
 
-def apply(conn: Any, request: Request, genesis: str, chain: store.ChainFn) -> list[int]:
-    """One batch, exactly as the daemon's own writer would commit it."""
-    _mode, recs, adds, dels, mark = request
+def apply_batch(conn: Any, request: Request, genesis: str, chain: store.ChainFn) -> list[int]:
+    """One batch as one transaction; the helper and the daemon's own worker thread both commit with it."""
+    mode, recs, adds, dels, mark = request
+    conn.execute(f"PRAGMA synchronous={mode}")
     out = store.append(conn, [store.NewRecord(*r) for r in recs], genesis, chain,
                        [store.InflightAdd(*a) for a in adds], dels, mark)
     return [seq for seq, _h in out]
-
-
-def _read_exact(f: Any, n: int) -> bytes:
-    data = f.read(n)
-    return data if data is not None else b""
 
 
 def main() -> None:
@@ -159,22 +146,17 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     ws = Workspace.open(sys.argv[1])
     conn = db.connect(ws)
-    sync_mode = None
     inp, out = sys.stdin.buffer, sys.stdout.buffer
     while True:
-        header = _read_exact(inp, _HEADER.size)
+        header = inp.read(_HEADER.size)
         if len(header) < _HEADER.size:
             return  # the daemon closed the pipe (or died)
         (n,) = _HEADER.unpack(header)
-        body = _read_exact(inp, n)
+        body = inp.read(n)
         if len(body) < n:
             return
-        request: Request = pickle.loads(body)
         try:
-            if request[0] != sync_mode:
-                conn.execute(f"PRAGMA synchronous={request[0]}")
-                sync_mode = request[0]
-            reply: tuple[str, Any] = ("ok", apply(conn, request, GENESIS, record_hash))
+            reply: tuple[str, Any] = ("ok", apply_batch(conn, pickle.loads(body), GENESIS, record_hash))
         except Exception as e:  # noqa: BLE001 - the daemon decides what a failed commit means
             reply = ("error", f"{type(e).__name__}: {e}")
         data = pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL)
