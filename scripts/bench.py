@@ -102,12 +102,18 @@ def selected(a: argparse.Namespace) -> list[wl.Workload]:
 
 def measure(ctx: wl.Ctx, works: list[wl.Workload], tgts: list[targets.Target], repeat: int
             ) -> dict[str, dict[str, dict]]:
-    """Per workload and target: every repeat's seconds and the details the workload reported."""
+    """Per workload and target: every repeat's seconds and the details the workload reported.
+
+    Each repeat starts one target further along the list: a target that always
+    ran right after the same neighbour would always inherit that neighbour's
+    background work (writeback of its files, its daemon's late commits), and
+    the ratio between the two would carry that bias in every repeat.
+    """
     res: dict[str, dict[str, dict]] = {}
     for w in works:
         res[w.name] = {t.name: {"runs": [], "details": []} for t in tgts}
         for rep in range(repeat):
-            for t in tgts:
+            for t in tgts[rep % len(tgts):] + tgts[:rep % len(tgts)]:
                 r = res[w.name][t.name]
                 if r.get("error"):
                     continue

@@ -102,6 +102,17 @@ def _cpu_ticks(pid: int) -> int | None:
     return int(f[11]) + int(f[12])  # utime + stime, all threads
 
 
+def _family_ticks(pid: int) -> tuple[int | None, ...]:
+    """CPU ticks of a daemon and of its children (the audit's commit helper works there)."""
+    kids: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            kids += [int(k) for k in task.read_text().split()]
+        except OSError:
+            pass
+    return tuple(_cpu_ticks(p) for p in [pid, *sorted(kids)])
+
+
 def quiesce(tgts: list[Target], idle_s: float = 0.3, timeout: float = 60.0) -> float:
     """Wait until no daemon uses CPU (e.g. still hashing a file written earlier); returns the wait.
 
@@ -111,10 +122,10 @@ def quiesce(tgts: list[Target], idle_s: float = 0.3, timeout: float = 60.0) -> f
     """
     pids = [t.pid for t in tgts if t.pid]
     t0 = time.monotonic()
-    last = [_cpu_ticks(p) for p in pids]
+    last = [_family_ticks(p) for p in pids]
     while time.monotonic() - t0 < timeout:
         time.sleep(idle_s)
-        now = [_cpu_ticks(p) for p in pids]
+        now = [_family_ticks(p) for p in pids]
         if now == last:
             break
         last = now
