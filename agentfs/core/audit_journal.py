@@ -180,9 +180,14 @@ def _used_bytes(fd: int) -> int:
     Appends then start after the last whole line, never glued to a torn one.
     """
     with os.fdopen(os.dup(fd), "rb") as f:
-        data = f.read()
+        data = _written(f.read())
+    return data.rfind(b"\n") + 1
+
+
+def _written(data: bytes) -> bytes:
+    """A journal's bytes up to its first zero: past it lies the mapping's unwritten tail."""
     end = data.find(b"\0")
-    return data.rfind(b"\n", 0, len(data) if end < 0 else end) + 1
+    return data if end < 0 else data[:end]
 
 
 def _line(e: Entry) -> bytes:
@@ -202,9 +207,7 @@ def _write_all(fd: int, data: bytes) -> int:
 def read_entries(path: Path) -> list[Entry]:
     """The entries of a journal, up to its mapped zero tail; a torn last line is skipped."""
     with open(path, "rb") as f:
-        data = f.read()
-    end = data.find(b"\0")
-    lines = (data if end < 0 else data[:end]).split(b"\n")
+        lines = _written(f.read()).split(b"\n")
     out: list[Entry] = []
     for i, line in enumerate(lines):
         if not line:
