@@ -126,16 +126,20 @@ def measure(ctx: wl.Ctx, works: list[wl.Workload], tgts: list[targets.Target], r
                     if waited > 1:
                         log.info("waited %.1f s for the daemons to go idle", waited)
                     phase = "run"
+                    cpu0 = targets.family_cpu_s(t)
                     t0 = time.perf_counter()
                     info = w.run(ctx, d)
                     dt = time.perf_counter() - t0
+                    cpu1 = targets.family_cpu_s(t)
                 except Exception as e:  # a failing target is reported, the others still measured
                     r["error"] = f"{phase}: {e}"[:300]
                     log.warning("%-12s %-10s repeat %d: FAILED in %s", w.name, t.name, rep + 1, r["error"])
                     continue
                 r["runs"].append(dt)
-                r["details"].append({**(setup_info or {}), **(info or {})})
-                log.info("%-12s %-10s repeat %d: %.3f s", w.name, t.name, rep + 1, dt)
+                cpu = {} if cpu0 is None or cpu1 is None else {"daemon_cpu_s": round(cpu1 - cpu0, 2)}
+                r["details"].append({**(setup_info or {}), **(info or {}), **cpu})
+                log.info("%-12s %-10s repeat %d: %.3f s%s", w.name, t.name, rep + 1, dt,
+                         f" (daemon CPU {cpu['daemon_cpu_s']:.2f} s)" if cpu else "")
     return res
 
 

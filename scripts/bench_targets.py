@@ -132,6 +132,13 @@ def quiesce(tgts: list[Target], idle_s: float = 0.3, timeout: float = 60.0) -> f
     return time.monotonic() - t0 - idle_s
 
 
+def family_cpu_s(t: Target) -> float | None:
+    """CPU seconds a mount's daemon and its children have used so far (None for native)."""
+    if t.pid is None:
+        return None
+    return sum(x or 0 for x in _family_ticks(t.pid)) / os.sysconf("SC_CLK_TCK")
+
+
 def remove_base(base: Path) -> None:
     """Delete the benchmark's files, refusing while any mount under it is still live."""
     live = [line.split(" ")[1] for line in Path("/proc/self/mounts").read_text().splitlines()
