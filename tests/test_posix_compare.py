@@ -154,19 +154,78 @@ def test_chmod_through_a_symlink_changes_the_target(pair):
     pair.run(lambda r: os.chmod(r / "l", 0o600), ["l", "f"])
 
 
-def test_write_by_non_root_clears_setuid(pair):
+@pytest.mark.parametrize("access", [os.O_WRONLY, os.O_RDWR], ids=["write-only", "read-write"])
+@pytest.mark.parametrize("mode", [0o6777, 0o6766, 0o4700], ids=oct)
+def test_write_by_non_root_clears_setuid(pair, access, mode):
+    """The kernel clears only setgid-with-group-execute for FUSE, and nothing for write-only handles.
+
+    Natively setgid also goes when the writer is not in the file's group
+    (0o6766 here: group 0); the daemon applies that rule itself.
+    """
     def make(r):
         _write(r / "f", mode=0o666)
-        os.chmod(r / "f", 0o6777)
+        if mode == 0o4700:
+            os.chown(r / "f", T1, T1)  # before the chmod: chown clears the bits itself
+        os.chmod(r / "f", mode)
     pair.setup(make)
 
     def append(r):
-        fd = os.open(r / "f", os.O_WRONLY | os.O_APPEND)
+        fd = os.open(r / "f", access | os.O_APPEND)
         try:
             return os.write(fd, b"more")
         finally:
             os.close(fd)
     pair.run(append, ["f"], user=(T1, T1))
+
+
+def _truncate_path(r):
+    os.truncate(r / "f", 10)
+
+
+def _ftruncate(r):
+    fd = os.open(r / "f", os.O_WRONLY)
+    try:
+        os.ftruncate(fd, 10)
+    finally:
+        os.close(fd)
+
+
+def _open_trunc(r):
+    os.close(os.open(r / "f", os.O_WRONLY | os.O_TRUNC))
+
+
+@pytest.mark.parametrize("how", [_truncate_path, _ftruncate, _open_trunc], ids=lambda f: f.__name__)
+@pytest.mark.parametrize("mode", [0o6777, 0o6766], ids=oct)
+def test_truncate_by_non_root_clears_setuid(pair, how, mode):
+    def make(r):
+        _write(r / "f", mode=0o666)
+        os.chmod(r / "f", mode)
+    pair.setup(make)
+    pair.run(how, ["f"], user=(T1, T1))
+
+
+def test_readers_and_mappings_see_a_write_only_writer_at_once(pair):
+    """Write-only handles bypass the kernel's page cache: other handles' cached pages must not go stale."""
+    pair.setup(lambda r: _write(r / "f", b"old-content\n"))
+
+    def scenario(r):
+        rfd = os.open(r / "f", os.O_RDONLY)
+        rw = os.open(r / "f", os.O_RDWR)
+        m = mmap.mmap(rw, 12)
+        try:
+            before = (os.pread(rfd, 12, 0), m[:12])
+            w = os.open(r / "f", os.O_WRONLY)
+            os.pwrite(w, b"NEW", 0)
+            os.close(w)
+            w = os.open(r / "f", os.O_WRONLY | os.O_APPEND)
+            os.write(w, b"tail\n")
+            os.close(w)
+            return before, os.pread(rfd, 100, 0), m[:12], os.fstat(rfd).st_size, os.stat(r / "f").st_size
+        finally:
+            m.close()
+            os.close(rw)
+            os.close(rfd)
+    assert pair.run(scenario, ["f"])[1][1:3] == (b"NEW-content\ntail\n", b"NEW-content\n")
 
 
 def test_chown_by_root_clears_setuid_of_files(pair):

@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass, field
 
 from agentfs.core.governor import Caller
+from agentfs.fuse.setid import drop_setid
 
 # Beyond this many disjoint ranges a handle keeps merging the closest ones, so
 # that a random-write workload cannot grow the record without bound.
@@ -30,6 +31,9 @@ class FileHandle:
     writes: int = 0
     nbytes: int = 0
     ranges: list[list[int]] = field(default_factory=list)
+    # Set for a writable handle of a non-root caller: each write clears
+    # setuid/setgid as natively (agentfs.fuse.setid says why the kernel doesn't).
+    drop_setid: bool = False
 
     def note_write(self, off: int, n: int) -> None:
         self.writes += 1
@@ -74,6 +78,8 @@ class FileHandle:
             buf.close()
 
     def write(self, off: int, data: bytes) -> int:
+        if self.drop_setid:
+            drop_setid(self.fd, self.caller)
         if not self.direct:
             n = os.pwrite(self.fd, data, off)
         else:

@@ -24,6 +24,7 @@ from agentfs.fuse.ops_dirs import DirOps
 from agentfs.fuse.ops_files import FileOps
 from agentfs.fuse.ops_xattrs import XattrOps
 from agentfs.fuse.requests import AT_FDCWD, SUID_SGID, check_name, handler, join, log
+from agentfs.fuse.setid import drop_setid
 from agentfs.store.backing import proc_path, renameat2, utimensat
 
 
@@ -291,6 +292,8 @@ class Operations(FileOps, DirOps, XattrOps, pyfuse3.Operations):
                 raise pyfuse3.FUSEError(errno.EOPNOTSUPP)
             os.chmod(proc_path(fd), stat_mod.S_IMODE(attr.st_mode))
             changed["mode"] = oct(stat_mod.S_IMODE(attr.st_mode))
+        if fields.update_size:
+            drop_setid(fd, caller)  # after the kernel's own (older) rule came as a mode change
         if fields.update_uid or fields.update_gid:
             uid = attr.st_uid if fields.update_uid else -1
             gid = attr.st_gid if fields.update_gid else -1

@@ -18,6 +18,7 @@ from agentfs.core.governor import Access, Caller
 from agentfs.fuse.handles import FileHandle
 from agentfs.fuse.inodes import Inode
 from agentfs.fuse.requests import OPEN_DROP, SUID_SGID, fd_for_write, handler
+from agentfs.fuse.setid import drop_setid
 from agentfs.store.backing import proc_path
 
 
@@ -67,20 +68,31 @@ class FileOps:
                       writable: bool, created: dict[str, Any] | None = None) -> pyfuse3.FileInfo:
         """A handle for `fd`; `created` (the details of a file just made) makes its record the create."""
         direct = bool(flags & os.O_DIRECT)
-        h = FileHandle(fd, node.ino, caller, path, writable, direct)
+        # A write-only handle goes past the kernel's page cache (FOPEN_DIRECT_IO):
+        # nothing can read through it, so caching its pages only costs one more
+        # copy of every write and a page cache the size of the file (a 1 GiB
+        # write took 0.6-0.7 s instead of 0.9-2.9 s). The kernel drops cached
+        # pages of the range each such write covers, so readers and mappings
+        # through other handles still see the new data at once. mmap of a
+        # write-only fd is refused (EACCES) before it reaches us, as natively.
+        write_only = (flags & os.O_ACCMODE) == os.O_WRONLY
+        h = FileHandle(fd, node.ino, caller, path, writable, direct,
+                       drop_setid=writable and caller.uid != 0)
         fh = self._new_fh(h)
         try:
             if writable:
                 await self.gov.open_write(caller, fh, path, created)
             if flags & os.O_TRUNC and created is None:
+                drop_setid(fd, caller)  # the backing open truncated as root
                 await self.gov.record(caller, "truncate", path, details={"size": 0, "on": "open"})
         except BaseException:
             del self._handles[fh]
             os.close(fd)
             raise
-        # The kernel sends a client's O_DIRECT I/O straight to us without FOPEN_DIRECT_IO;
-        # setting that would only break mmap of the file (ENODEV), which works natively.
-        return pyfuse3.FileInfo(fh=fh, direct_io=False, keep_cache=not direct)
+        # Other handles keep the page cache: the kernel sends a client's O_DIRECT I/O
+        # straight to us anyway, and FOPEN_DIRECT_IO on a readable handle would only
+        # break mmap of the file (ENODEV), which works natively.
+        return pyfuse3.FileInfo(fh=fh, direct_io=write_only, keep_cache=not direct)
 
     @handler
     async def create(self, parent: int, name: bytes, mode: int, flags: int,
