@@ -194,9 +194,17 @@ def _open_trunc(r):
     os.close(os.open(r / "f", os.O_WRONLY | os.O_TRUNC))
 
 
-@pytest.mark.parametrize("how", [_truncate_path, _ftruncate, _open_trunc], ids=lambda f: f.__name__)
+def _fallocate(r):
+    fd = os.open(r / "f", os.O_WRONLY)
+    try:
+        os.posix_fallocate(fd, 0, 4096)
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("how", [_truncate_path, _ftruncate, _open_trunc, _fallocate], ids=lambda f: f.__name__)
 @pytest.mark.parametrize("mode", [0o6777, 0o6766], ids=oct)
-def test_truncate_by_non_root_clears_setuid(pair, how, mode):
+def test_size_change_by_non_root_clears_setuid(pair, how, mode):
     def make(r):
         _write(r / "f", mode=0o666)
         os.chmod(r / "f", mode)
