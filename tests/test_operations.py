@@ -103,3 +103,13 @@ def test_demo_shows_refusal_lock_audit_and_search(workdir):
                 os.kill(int(pidfile.read_text()), signal.SIGTERM)
             except ProcessLookupError:
                 pass
+
+
+def test_kernel_version_gate_reads_release_strings():
+    from agentfs.fuse.ops_files import _kernel_at_least
+
+    assert _kernel_at_least(6, 18, "6.18.44-fc-v657")
+    assert _kernel_at_least(6, 18, "7.0.1")
+    assert not _kernel_at_least(6, 18, "6.8.0-45-generic")
+    assert not _kernel_at_least(6, 18, "6.1.0-28-amd64")
+    assert not _kernel_at_least(6, 18, "weird")

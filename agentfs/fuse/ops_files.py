@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import stat as stat_mod
 from typing import Any
 
@@ -46,6 +47,18 @@ def _open_taken_name(name: str, flags: int, dir_fd: int) -> int:
         raise
     return fd
 
+def _kernel_at_least(major: int, minor: int, release: str | None = None) -> bool:
+    m = re.match(r"(\d+)\.(\d+)", release if release is not None else os.uname().release)
+    return m is not None and (int(m.group(1)), int(m.group(2))) >= (major, minor)
+
+
+# Kernels before 6.6 invalidate no other handle's cached pages on a direct
+# write, and later ones at first only before the write (a reader racing it
+# could cache the old bytes again). 6.18 is where readers racing thousands of
+# appends were checked never to go stale; older kernels keep the cached path.
+WRITE_ONLY_DIRECT = _kernel_at_least(6, 18)
+
+
 class FileOps:
     @handler
     async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
@@ -71,11 +84,11 @@ class FileOps:
         # A write-only handle goes past the kernel's page cache (FOPEN_DIRECT_IO):
         # nothing can read through it, so caching its pages only costs one more
         # copy of every write and a page cache the size of the file (a 1 GiB
-        # write took 0.6-0.7 s instead of 0.9-2.9 s). The kernel drops cached
-        # pages of the range each such write covers, so readers and mappings
-        # through other handles still see the new data at once. mmap of a
-        # write-only fd is refused (EACCES) before it reaches us, as natively.
-        write_only = (flags & os.O_ACCMODE) == os.O_WRONLY
+        # write took 0.6-0.7 s instead of 0.9-2.9 s). mmap of a write-only fd is
+        # refused (EACCES) before it reaches us, as natively. Only on kernels that
+        # drop other handles' cached pages of the range such a write covers
+        # (WRITE_ONLY_DIRECT): older ones would leave readers stale.
+        write_only = WRITE_ONLY_DIRECT and (flags & os.O_ACCMODE) == os.O_WRONLY
         h = FileHandle(fd, node.ino, caller, path, writable, direct,
                        drop_setid=writable and caller.uid != 0)
         fh = self._new_fh(h)

@@ -9,11 +9,14 @@ group the caller is not in would keep bits that a native directory drops.
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
 
 from agentfs.core.governor import Caller
 from agentfs.store.backing import proc_path
+
+log = logging.getLogger(__name__)
 
 
 def drop_setid(fd: int, caller: Caller) -> None:
@@ -33,7 +36,10 @@ def drop_setid(fd: int, caller: Caller) -> None:
     if st.st_mode & stat.S_ISGID and (st.st_mode & stat.S_IXGRP or not _in_group(caller, st.st_gid)):
         drop |= stat.S_ISGID
     if drop:
-        os.chmod(proc_path(fd), stat.S_IMODE(st.st_mode) & ~drop)
+        try:
+            os.chmod(proc_path(fd), stat.S_IMODE(st.st_mode) & ~drop)
+        except OSError as e:  # the change itself is done: never fail it afterwards
+            log.warning("cannot clear setuid/setgid of inode %d: %s", st.st_ino, e)
 
 
 def _in_group(caller: Caller, gid: int) -> bool:
