@@ -53,6 +53,14 @@ def _write(p: Path, data: bytes = b"x" * 100, mode: int = 0o644) -> None:
     os.chmod(p, mode)
 
 
+def _ftruncate_through(p: Path, flags: int, size: int) -> None:
+    fd = os.open(p, flags)
+    try:
+        os.ftruncate(fd, size)
+    finally:
+        os.close(fd)
+
+
 def _quiet(p: Path, mode: int = 0o644) -> None:
     """A file made without a write through the mount (the audit hasher reads written files, moving atime)."""
     os.mknod(p, stat.S_IFREG | mode)
@@ -116,13 +124,7 @@ def test_truncate_errors(pair):
     pair.run(lambda r: os.truncate(r / "ro", -1))
     pair.run(lambda r: os.truncate(r / "ro", 3), ["ro"], user=(T1, T1))  # EACCES for others
 
-    def on_rdonly_fd(r):
-        fd = os.open(r / "ro", os.O_RDONLY)
-        try:
-            os.ftruncate(fd, 1)
-        finally:
-            os.close(fd)
-    pair.run(on_rdonly_fd, ["ro"])
+    pair.run(lambda r: _ftruncate_through(r / "ro", os.O_RDONLY, 1), ["ro"])
 
 
 # ----- chmod ----------------------------------------------------------------------
@@ -185,11 +187,7 @@ def _truncate_path(r):
 
 
 def _ftruncate(r):
-    fd = os.open(r / "f", os.O_WRONLY)
-    try:
-        os.ftruncate(fd, 10)
-    finally:
-        os.close(fd)
+    _ftruncate_through(r / "f", os.O_WRONLY, 10)
 
 
 def _open_trunc(r):
