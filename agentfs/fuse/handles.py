@@ -31,9 +31,6 @@ class FileHandle:
     writes: int = 0
     nbytes: int = 0
     ranges: list[list[int]] = field(default_factory=list)
-    # Set for a writable handle of a non-root caller: each write clears
-    # setuid/setgid as natively (agentfs.fuse.setid says why the kernel doesn't).
-    drop_setid: bool = False
 
     def note_write(self, off: int, n: int) -> None:
         self.writes += 1
@@ -78,8 +75,9 @@ class FileHandle:
             buf.close()
 
     def write(self, off: int, data: bytes) -> int:
-        if self.drop_setid:
-            drop_setid(self.fd, self.caller)
+        # As natively, a write by a non-root caller clears setuid/setgid
+        # (agentfs.fuse.setid says why the kernel doesn't for us).
+        drop_setid(self.fd, self.caller)
         if not self.direct:
             n = os.pwrite(self.fd, data, off)
         else:

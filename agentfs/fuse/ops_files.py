@@ -47,6 +47,7 @@ def _open_taken_name(name: str, flags: int, dir_fd: int) -> int:
         raise
     return fd
 
+
 def _kernel_at_least(major: int, minor: int, release: str | None = None) -> bool:
     m = re.match(r"(\d+)\.(\d+)", release if release is not None else os.uname().release)
     return m is not None and (int(m.group(1)), int(m.group(2))) >= (major, minor)
@@ -89,8 +90,7 @@ class FileOps:
         # drop other handles' cached pages of the range such a write covers
         # (WRITE_ONLY_DIRECT): older ones would leave readers stale.
         write_only = WRITE_ONLY_DIRECT and (flags & os.O_ACCMODE) == os.O_WRONLY
-        h = FileHandle(fd, node.ino, caller, path, writable, direct,
-                       drop_setid=writable and caller.uid != 0)
+        h = FileHandle(fd, node.ino, caller, path, writable, direct)
         fh = self._new_fh(h)
         try:
             if writable:
