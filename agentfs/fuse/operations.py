@@ -13,7 +13,7 @@ import errno
 import os
 import stat as stat_mod
 import threading
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import pyfuse3
 
@@ -26,43 +26,7 @@ from agentfs.fuse.ops_xattrs import XattrOps
 from agentfs.fuse.requests import AT_FDCWD, SUID_SGID, check_name, handler, join, log
 from agentfs.fuse.setid import drop_setid
 from agentfs.store.backing import proc_path, renameat2, utimensat
-
-
-def _paths_below(dir_fd: int, name: str, path: str) -> Iterator[str]:
-    """Every path inside a backing folder, depth first, never following a symlink.
-
-    Holds one descriptor per level (not per folder seen), so a wide tree cannot exhaust them.
-    """
-    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-    stack: list[tuple[int, str, Any]] = []
-
-    def enter(parent_fd: int, nm: str, p: str) -> None:
-        fd = os.open(nm, flags, dir_fd=parent_fd)
-        try:
-            stack.append((fd, p, os.scandir(fd)))
-        except BaseException:
-            os.close(fd)
-            raise
-
-    enter(dir_fd, name, path)
-    try:
-        while stack:
-            fd, dpath, entries = stack[-1]
-            entry = next(entries, None)
-            if entry is None:
-                stack.pop()
-                entries.close()
-                os.close(fd)
-                continue
-            p = join(dpath, entry.name)
-            yield p
-            if entry.is_dir(follow_symlinks=False):
-                with contextlib.suppress(FileNotFoundError, NotADirectoryError):  # gone or swapped meanwhile
-                    enter(fd, entry.name, p)
-    finally:
-        for fd, _, entries in stack:
-            entries.close()
-            os.close(fd)
+from agentfs.store.walk import paths_below
 
 
 class Operations(FileOps, DirOps, XattrOps, pyfuse3.Operations):
@@ -449,9 +413,9 @@ class Operations(FileOps, DirOps, XattrOps, pyfuse3.Operations):
         if check_subtree is not None:
             # A moved folder carries everything in it to where rights may differ.
             if stat_mod.S_ISDIR(src.st_mode):
-                check_subtree(caller, "rename", path_old, _paths_below(ofd, no, path_old))
+                check_subtree(caller, "rename", path_old, paths_below(ofd, no, path_old))
             if exchange and dst is not None and stat_mod.S_ISDIR(dst.st_mode):
-                check_subtree(caller, "rename", path_new, _paths_below(nfd, nn, path_new))
+                check_subtree(caller, "rename", path_new, paths_below(nfd, nn, path_new))
         await self.gov.lock_wait(caller, path_old, Access.DELETE, subtree=stat_mod.S_ISDIR(src.st_mode),
                                  wait=False)
         if dst is not None:

@@ -1,0 +1,44 @@
+"""Walking a backing subtree by descriptors, never following a symlink."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from typing import Any, Iterator
+
+
+def paths_below(dir_fd: int, name: str, path: str) -> Iterator[str]:
+    """Every path inside a backing folder, depth first, never following a symlink.
+
+    Holds one descriptor per level (not per folder seen), so a wide tree cannot exhaust them.
+    """
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    stack: list[tuple[int, str, Any]] = []
+
+    def enter(parent_fd: int, nm: str, p: str) -> None:
+        fd = os.open(nm, flags, dir_fd=parent_fd)
+        try:
+            stack.append((fd, p, os.scandir(fd)))
+        except BaseException:
+            os.close(fd)
+            raise
+
+    enter(dir_fd, name, path)
+    try:
+        while stack:
+            fd, dpath, entries = stack[-1]
+            entry = next(entries, None)
+            if entry is None:
+                stack.pop()
+                entries.close()
+                os.close(fd)
+                continue
+            p = dpath + entry.name if dpath == "/" else f"{dpath}/{entry.name}"
+            yield p
+            if entry.is_dir(follow_symlinks=False):
+                with contextlib.suppress(FileNotFoundError, NotADirectoryError):  # gone or swapped meanwhile
+                    enter(fd, entry.name, p)
+    finally:
+        for fd, _, entries in stack:
+            entries.close()
+            os.close(fd)
