@@ -79,8 +79,12 @@ class ContentHasher:
         h.update(data)
         return f"{self.algorithm}:{h.hexdigest()}"
 
-    def hash_fd(self, fd: int) -> str:
+    def hash_fd(self, fd: int, drop_behind: bool = False) -> str:
         """Blocking: hash the whole file behind `fd` with pread (the fd offset is untouched).
+
+        `drop_behind`: the file was written past the page cache, so hashing
+        reads it from disk; the pages read are dropped again, so that auditing
+        a 1 GiB write does not fill a gigabyte of cache nobody asked for.
 
         A write-only (or O_DIRECT) fd is not read directly: the file is
         reopened for plain reading through /proc/self/fd (the same inode,
@@ -93,14 +97,17 @@ class ContentHasher:
         except PermissionError:  # O_NOATIME needs ownership or CAP_FOWNER
             rfd = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC)
         try:
-            return self._hash_readable(rfd)
+            return self._hash_readable(rfd, drop_behind)
         finally:
             os.close(rfd)
 
-    def _hash_readable(self, fd: int) -> str:
+    def _hash_readable(self, fd: int, drop_behind: bool = False) -> str:
         size = os.fstat(fd).st_size
         h = self._new(size)
         off = 0
+        if drop_behind and size > _CHUNK:
+            # no readahead past the chunk at hand: it would be left behind in the cache
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
         buf = bytearray(min(_CHUNK, size + 4096))  # zeroing 8 MiB for a small file costs more than its hash
         view = memoryview(buf)
         while True:
@@ -108,12 +115,14 @@ class ContentHasher:
             if n <= 0:
                 break
             h.update(view[:n])
+            if drop_behind:
+                os.posix_fadvise(fd, off, n, os.POSIX_FADV_DONTNEED)
             off += n
         return f"{self.algorithm}:{h.hexdigest()}"
 
-    async def hash_fd_async(self, fd: int) -> str:
+    async def hash_fd_async(self, fd: int, drop_behind: bool = False) -> str:
         """The same in a worker thread, so a large file never holds the FUSE loop."""
-        return await trio.to_thread.run_sync(self.hash_fd, fd)
+        return await trio.to_thread.run_sync(self.hash_fd, fd, drop_behind)
 
     def hash_path(self, path: str | os.PathLike[str]) -> str:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)

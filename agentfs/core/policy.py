@@ -350,6 +350,10 @@ class PolicyHolder:
         return True
 
 
+def _direct_writes_mode(value: Any) -> str | None:
+    return None if value in ("auto", "always", "never") else "must be auto, always or never"
+
+
 # Sections other parts of agentfs read, declared here so that the starter file
 # validates before those parts exist; their owners may extend them.
 register_section("workspace", {
@@ -358,6 +362,8 @@ register_section("workspace", {
 register_section("mount", {
     "cache_seconds": FieldSpec(float, 60.0, "kernel entry/attr timeout where all agents see a path alike",
                                non_negative),
+    "direct_writes": FieldSpec(str, "auto", "large writes of write-only handles past the backing page cache: "
+                               "auto, always or never", _direct_writes_mode),
 })
 register_section("locks", {
     "default_ttl": FieldSpec(float, 300.0, "lease of a lock taken without --ttl, seconds", non_negative),

@@ -264,7 +264,7 @@ class WorkspaceGovernor:
             return
         if stats["size"] <= HASH_INLINE_BYTES:
             try:
-                digest = self.hasher.hash_fd(fd)
+                digest = self.hasher.hash_fd(fd, bool(stats.get("past_cache")))
             except OSError as e:
                 log.warning("cannot hash %s: %s", path, e)
                 digest = None
@@ -285,7 +285,7 @@ class WorkspaceGovernor:
                 ev.details = {"hash_skipped": "sparse" if sparse else "larger than "
                               f"{HASH_MAX_BYTES >> 30} GiB"}
             else:
-                digest = await self.hasher.hash_fd_async(fd)
+                digest = await self.hasher.hash_fd_async(fd, bool(stats.get("past_cache")))
         except OSError as e:
             log.warning("cannot hash %s: %s", ev.path, e)
             digest = None

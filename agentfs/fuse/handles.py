@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass, field
 
 from agentfs.core.governor import Caller
+from agentfs.fuse.backing_io import BackingIO
 from agentfs.fuse.setid import drop_setid
 
 # Beyond this many disjoint ranges a handle keeps merging the closest ones, so
@@ -28,6 +29,11 @@ class FileHandle:
     path: str
     writable: bool
     direct: bool
+    io: BackingIO | None = None  # the mount's data path; None: plain pread/pwrite
+    write_only: bool = False
+    # Whether io has set O_DIRECT on fd for its writes; None: this fd cannot take it.
+    fd_direct: bool | None = False
+    past_cache: bool = False  # some writes went to disk past the page cache
     writes: int = 0
     nbytes: int = 0
     ranges: list[list[int]] = field(default_factory=list)
@@ -64,7 +70,7 @@ class FileHandle:
 
     def read(self, off: int, size: int) -> bytes:
         if not self.direct:
-            return os.pread(self.fd, size, off)
+            return self.io.read(self.fd, off, size) if self.io is not None else os.pread(self.fd, size, off)
         # O_DIRECT on the backing file needs an aligned buffer; the caller's
         # offset and size alignment stay the caller's business, as natively.
         buf = mmap.mmap(-1, max(_ALIGN, (size + _ALIGN - 1) // _ALIGN * _ALIGN))
@@ -78,7 +84,14 @@ class FileHandle:
         # As natively, a write by a non-root caller clears setuid/setgid
         # (agentfs.fuse.setid says why the kernel doesn't for us).
         drop_setid(self.fd, self.caller)
-        if not self.direct:
+        if self.io is not None and self.write_only and self.fd_direct is not None and not self.direct:
+            try:
+                n, self.fd_direct = self.io.write(self.fd, off, data, self.fd_direct)
+                self.past_cache = self.past_cache or bool(self.fd_direct)
+            except OSError:
+                self.fd_direct = False  # io.write leaves the fd without O_DIRECT when it raises
+                raise
+        elif not self.direct:
             n = os.pwrite(self.fd, data, off)
         else:
             size = len(data)

@@ -18,6 +18,7 @@ from typing import Any, Sequence
 import pyfuse3
 
 from agentfs.core.governor import Access, Caller, OpenGovernor
+from agentfs.fuse.backing_io import BackingIO
 from agentfs.fuse.handles import DirHandle, FileHandle
 from agentfs.fuse.inodes import Inode, InodeTable, Stale
 from agentfs.fuse.ops_dirs import DirOps
@@ -42,9 +43,15 @@ class Operations(FileOps, DirOps, XattrOps, pyfuse3.Operations):
         self.virtual = virtual
         self._handles: dict[int, FileHandle | DirHandle] = {}
         self._next_fh = 1
+        self.io = BackingIO()
         holder = getattr(self.gov, "holder", None)
         if holder is not None:
+            self._follow_mount_settings(holder.current)
+            holder.add_listener(self._follow_mount_settings)
             holder.add_listener(lambda _policy: self._forget_kernel_entries())
+
+    def _follow_mount_settings(self, policy: Any) -> None:
+        self.io.mode = str(policy.settings("mount").get("direct_writes", "auto"))
 
     def _forget_kernel_entries(self) -> None:
         """After a policy change, make the kernel forget every entry it cached.

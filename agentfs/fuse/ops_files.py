@@ -90,7 +90,8 @@ class FileOps:
         # drop other handles' cached pages of the range such a write covers
         # (WRITE_ONLY_DIRECT): older ones would leave readers stale.
         write_only = WRITE_ONLY_DIRECT and (flags & os.O_ACCMODE) == os.O_WRONLY
-        h = FileHandle(fd, node.ino, caller, path, writable, direct)
+        h = FileHandle(fd, node.ino, caller, path, writable, direct, io=self.io,
+                       write_only=(flags & os.O_ACCMODE) == os.O_WRONLY)
         fh = self._new_fh(h)
         try:
             if writable:
@@ -179,7 +180,8 @@ class FileOps:
         try:
             if h.writable:
                 size = os.fstat(h.fd).st_size
-                stats = {"writes": h.writes, "bytes": h.nbytes, "ranges": h.ranges, "size": size}
+                stats = {"writes": h.writes, "bytes": h.nbytes, "ranges": h.ranges, "size": size,
+                         "past_cache": h.past_cache}
                 self.gov.close_write(h.caller, fh, h.path, stats, os.dup(h.fd))
         finally:
             os.close(h.fd)
