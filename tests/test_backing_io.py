@@ -183,6 +183,8 @@ def test_large_reads_drop_the_backing_pages_they_served(workdir: Path):
         assert not cached(p, 0)
         assert io.read(fd, MIB, 4096) == data[MIB:MIB + 4096]  # a small read is left alone
         assert cached(p, MIB)
+        assert io.read(fd, 4 * MIB - 10, 4096) == data[-10:]  # short at the end
+        assert io.read(fd, 0, 2 * MIB) == data[:2 * MIB]  # larger than the buffer so far
     finally:
         os.close(fd)
 

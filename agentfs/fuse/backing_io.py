@@ -9,7 +9,8 @@ streams is the only reason the write costs fresh memory. On this project's
 machines fresh page-cache memory is the slow part of moving a gigabyte (the
 VM's host supplies it at a few hundred MB/s when it is not in the mood), so:
 
-- a large read drops the backing pages it just served (POSIX_FADV_DONTNEED);
+- reads land in one reused buffer, and a large read drops the backing pages
+  it just served (POSIX_FADV_DONTNEED);
 - a large, block-aligned write goes to the backing file with O_DIRECT, from
   one reused aligned buffer, while the disk takes such writes at least as
   fast as memory would (`FLOOR_BYTES_PER_S`, a moving average over recent
@@ -59,15 +60,26 @@ class BackingIO:
         self._sec_per_byte = 0.0
         self._samples = 0
         self._buf: mmap.mmap | None = None
+        self._rbuf: bytearray | None = None
         self._view: memoryview | None = None
         self.direct_writes = 0
         self.buffered_writes = 0
 
-    def read(self, fd: int, off: int, size: int) -> bytes:
-        data = os.pread(fd, size, off)
-        if len(data) >= STREAM_MIN:
-            os.posix_fadvise(fd, off, len(data), os.POSIX_FADV_DONTNEED)
-        return data
+    def read(self, fd: int, off: int, size: int) -> memoryview:
+        """The bytes at `off`, in a buffer that the next read reuses.
+
+        pyfuse3 copies what a read handler returns into its reply before any
+        other request runs, so one buffer serves every read: no fresh memory
+        per request (a new 1 MiB `bytes` each time is what makes slow runs
+        slow here: its pages come from the host on first touch).
+        """
+        if self._rbuf is None or len(self._rbuf) < size:
+            self._rbuf = bytearray(max(size, 1 << 20))
+        view = memoryview(self._rbuf)[:size]
+        n = os.preadv(fd, [view], off)
+        if n >= STREAM_MIN:
+            os.posix_fadvise(fd, off, n, os.POSIX_FADV_DONTNEED)
+        return view[:n]
 
     def wants_direct(self, off: int, size: int) -> bool:
         if self.mode == "never" or size < STREAM_MIN or (off | size) & (ALIGN - 1):

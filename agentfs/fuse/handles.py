@@ -68,7 +68,7 @@ class FileHandle:
                 merged = out
             self.ranges = merged
 
-    def read(self, off: int, size: int) -> bytes:
+    def read(self, off: int, size: int) -> bytes | memoryview:
         if not self.direct:
             return self.io.read(self.fd, off, size) if self.io is not None else os.pread(self.fd, size, off)
         # O_DIRECT on the backing file needs an aligned buffer; the caller's

@@ -146,7 +146,9 @@ class FileOps:
         return fi, self._entry(node, st, path)
 
     @handler
-    async def read(self, fh: int, off: int, size: int) -> bytes:
+    async def read(self, fh: int, off: int, size: int) -> bytes | memoryview:
+        # A memoryview of a reused buffer: pyfuse3 replies with its bytes before
+        # this task yields, so nothing may await between the read and the return.
         h = self._handles.get(fh)
         if not isinstance(h, FileHandle):
             if self.virtual is not None and h is not None:
