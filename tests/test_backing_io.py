@@ -52,6 +52,14 @@ def evict(path: Path) -> None:
         os.close(fd)
 
 
+def on_disk(path: Path, size: int) -> bytes:
+    """A file of random bytes, written and out of the page cache; returns its bytes."""
+    data = os.urandom(size)
+    path.write_bytes(data)
+    evict(path)  # dirty pages cannot be dropped: start from a file on disk
+    return data
+
+
 def has_direct(fd: int) -> bool:
     return bool(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT)
 
@@ -173,9 +181,7 @@ def test_a_failed_direct_write_leaves_the_fd_as_the_caller_believes(wfile):
 
 def test_large_reads_drop_the_backing_pages_they_served(workdir: Path):
     p = workdir / "r.bin"
-    data = os.urandom(4 * MIB)
-    p.write_bytes(data)
-    evict(p)  # dirty pages cannot be dropped: start from a file on disk
+    data = on_disk(p, 4 * MIB)
     fd = os.open(p, os.O_RDONLY)
     try:
         io = BackingIO()
@@ -191,9 +197,7 @@ def test_large_reads_drop_the_backing_pages_they_served(workdir: Path):
 
 def test_hashing_a_file_written_past_the_cache_leaves_none_of_it_cached(workdir: Path):
     p = workdir / "h.bin"
-    data = os.urandom(24 * MIB)
-    p.write_bytes(data)
-    evict(p)
+    data = on_disk(p, 24 * MIB)
     want = ContentHasher("sha256").hash_bytes(data)
     hasher = ContentHasher("sha256")
     fd = os.open(p, os.O_RDONLY)

@@ -89,9 +89,8 @@ class FileOps:
         # refused (EACCES) before it reaches us, as natively. Only on kernels that
         # drop other handles' cached pages of the range such a write covers
         # (WRITE_ONLY_DIRECT): older ones would leave readers stale.
-        write_only = WRITE_ONLY_DIRECT and (flags & os.O_ACCMODE) == os.O_WRONLY
-        h = FileHandle(fd, node.ino, caller, path, writable, direct, io=self.io,
-                       write_only=(flags & os.O_ACCMODE) == os.O_WRONLY)
+        write_only = (flags & os.O_ACCMODE) == os.O_WRONLY
+        h = FileHandle(fd, node.ino, caller, path, writable, direct, io=self.io, write_only=write_only)
         fh = self._new_fh(h)
         try:
             if writable:
@@ -106,7 +105,7 @@ class FileOps:
         # Other handles keep the page cache: the kernel sends a client's O_DIRECT I/O
         # straight to us anyway, and FOPEN_DIRECT_IO on a readable handle would only
         # break mmap of the file (ENODEV), which works natively.
-        return pyfuse3.FileInfo(fh=fh, direct_io=write_only, keep_cache=not direct)
+        return pyfuse3.FileInfo(fh=fh, direct_io=WRITE_ONLY_DIRECT and write_only, keep_cache=not direct)
 
     @handler
     async def create(self, parent: int, name: bytes, mode: int, flags: int,
