@@ -244,13 +244,37 @@ def machine() -> dict:
             "python": platform.python_version(), "pyfuse3": pyfuse3_version, "loadavg": os.getloadavg()}
 
 
-def fs_of(path: Path) -> str:
-    best, fstype = "", "?"
+def _mount_of(path: Path) -> tuple[str, str, str]:
+    """(device, mountpoint, type) of the mount holding `path`."""
+    best = ("?", "", "?")
     for line in Path("/proc/self/mounts").read_text().splitlines():
         f = line.split(" ")
-        if str(path).startswith(f[1]) and len(f[1]) >= len(best):
-            best, fstype = f[1], f"{f[2]} ({f[0]} on {f[1]})"
-    return fstype
+        if str(path).startswith(f[1]) and len(f[1]) >= len(best[1]):
+            best = (f[0], f[1], f[2])
+    return best
+
+
+def ext4_without_journal(path: Path) -> bool:
+    """Whether `path` is on ext4 mounted without a journal (no jbd2 entry for its device).
+
+    Such an ext4 will not reuse an inode freed in the last seconds (minutes,
+    while the inode table block is dirty), and every new inode's search walks
+    past all of them: a create costs time in proportion to the files deleted
+    near it lately, for native and mounts alike (docs/BENCHMARKS.md).
+    """
+    dev, _, fstype = _mount_of(path)
+    if fstype != "ext4" or not dev.startswith("/dev/"):
+        return False
+    name = os.path.basename(os.path.realpath(dev))
+    try:
+        return not any(e.startswith(name + "-") for e in os.listdir("/proc/fs/jbd2"))
+    except OSError:
+        return True  # no jbd2 at all: no ext4 here has a journal
+
+
+def fs_of(path: Path) -> str:
+    dev, mnt, fstype = _mount_of(path)
+    return f"{fstype} ({dev} on {mnt}{', no journal' if ext4_without_journal(path) else ''})"
 
 
 def git_info() -> dict:
@@ -307,6 +331,10 @@ def main(argv: list[str] | None = None) -> int:
     print(table(summary, names, a.stat))
     if not ctx.can_drop_caches and any(w.name == "seq_read" for w in works):
         print("note: the page cache could not be dropped: seq_read read warm caches")
+    if ext4_without_journal(base) and any(w.name in ("small_files", "tar_x") for w in works):
+        print(f"note: {base} is on ext4 without a journal, where a create near recently deleted files walks "
+              "past each of them: small_files and tar_x are slower for every target, native included "
+              "(docs/BENCHMARKS.md; --dir on a journaled filesystem measures without it)")
     if a.compare:
         print(compare(summary, resummarise(json.loads(a.compare.read_text()), a.stat)))
     if a.json:
