@@ -24,9 +24,9 @@ from agentfs.fuse.inodes import Inode, InodeTable, Stale
 from agentfs.fuse.ops_dirs import DirOps
 from agentfs.fuse.ops_files import FileOps
 from agentfs.fuse.ops_xattrs import XattrOps
-from agentfs.fuse.requests import AT_FDCWD, SUID_SGID, check_name, handler, join, log
+from agentfs.fuse.requests import AT_FDCWD, SUID_SGID, check_name, handler, log
 from agentfs.fuse.setid import drop_setid
-from agentfs.store.backing import proc_path, renameat2, utimensat
+from agentfs.store.backing import join, proc_path, renameat2, utimensat
 from agentfs.store.walk import paths_below
 
 

@@ -12,7 +12,8 @@ import trio
 from agentfs.core.governor import Access
 from agentfs.fuse.handles import DirHandle
 from agentfs.fuse.inodes import Inode
-from agentfs.fuse.requests import handler, join
+from agentfs.fuse.requests import handler
+from agentfs.store.backing import join
 
 
 class DirOps:

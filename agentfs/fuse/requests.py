@@ -59,9 +59,5 @@ def check_name(name: bytes) -> str:
     return os.fsdecode(name)
 
 
-def join(parent_path: str, name: str) -> str:
-    return parent_path + name if parent_path == "/" else f"{parent_path}/{name}"
-
-
 def fd_for_write(flags: int) -> bool:
     return (flags & os.O_ACCMODE) != os.O_RDONLY or bool(flags & os.O_TRUNC)

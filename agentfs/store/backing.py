@@ -51,6 +51,11 @@ def utimensat(dirfd: int, name: str, atime_ns: int | None, mtime_ns: int | None,
     _check(_libc.utimensat(dirfd, os.fsencode(name), times, flags))
 
 
+def join(parent_path: str, name: str) -> str:
+    """A workspace path (rooted at "/") of `name` inside the folder at `parent_path`."""
+    return parent_path + name if parent_path == "/" else f"{parent_path}/{name}"
+
+
 def proc_path(fd: int) -> str:
     """The /proc magic link of a descriptor: re-opens exactly that object, never a path in the tree."""
     return f"/proc/self/fd/{fd}"

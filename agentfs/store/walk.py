@@ -6,6 +6,8 @@ import contextlib
 import os
 from typing import Any, Iterator
 
+from agentfs.store.backing import join
+
 
 def paths_below(dir_fd: int, name: str, path: str) -> Iterator[str]:
     """Every path inside a backing folder, depth first, never following a symlink.
@@ -33,7 +35,7 @@ def paths_below(dir_fd: int, name: str, path: str) -> Iterator[str]:
                 entries.close()
                 os.close(fd)
                 continue
-            p = dpath + entry.name if dpath == "/" else f"{dpath}/{entry.name}"
+            p = join(dpath, entry.name)
             yield p
             if entry.is_dir(follow_symlinks=False):
                 with contextlib.suppress(FileNotFoundError, NotADirectoryError):  # gone or swapped meanwhile
