@@ -79,6 +79,13 @@ class ContentHasher:
         h.update(data)
         return f"{self.algorithm}:{h.hexdigest()}"
 
+    def hash_chunks(self, chunks: Iterable[bytes]) -> str:
+        """The hash of the chunks' concatenation (a small file's content, as written)."""
+        h = self._new(0)
+        for c in chunks:
+            h.update(c)
+        return f"{self.algorithm}:{h.hexdigest()}"
+
     def hash_fd(self, fd: int, drop_behind: bool = False) -> str:
         """Blocking: hash the whole file behind `fd` with pread (the fd offset is untouched).
 

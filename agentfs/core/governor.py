@@ -41,6 +41,9 @@ class Denied(Exception):
 class OpenGovernor:
     """No policy, no locks, no audit: the bare pass-through."""
 
+    # Whether write handles should keep what they write for the release's hash.
+    hashes_writes = False
+
     def __init__(self, cache_seconds: float = 60.0) -> None:
         self.cache_seconds = cache_seconds
 
@@ -80,9 +83,13 @@ class OpenGovernor:
         `created`: the handle made the file; its creation (with these details) is the note.
         """
 
-    def close_write(self, caller: Caller, handle: int, path: str, stats: dict[str, Any], fd: int) -> None:
-        """Record the aggregated writes of a handle at release; owns `fd` (a dup, for hashing)."""
-        os.close(fd)
+    def close_write(self, caller: Caller, handle: int, path: str, stats: dict[str, Any], fd: int | None) -> None:
+        """Record the aggregated writes of a handle at release; owns `fd` (a dup, for hashing).
+
+        `fd` is None when `stats["content"]` holds the file's whole content (FileHandle.content).
+        """
+        if fd is not None:
+            os.close(fd)
 
     async def run(self, task_status: Any = None) -> None:
         """Background work (audit writer, lock expiry, policy reload); none here."""

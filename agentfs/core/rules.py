@@ -253,11 +253,20 @@ class WorkspaceGovernor:
         await self.audit.open_write_durable(
             handle, AuditEvent(op, caller.agent, caller.uid, caller.pid, path, details=created), op=op)
 
-    def close_write(self, caller: Caller, handle: int, path: str, stats: dict[str, Any], fd: int) -> None:
+    @property
+    def hashes_writes(self) -> bool:
+        """Write handles keep small files' bytes for `close_write` to hash (FileHandle.content)."""
+        return self.audit_on
+
+    def close_write(self, caller: Caller, handle: int, path: str, stats: dict[str, Any], fd: int | None) -> None:
         if not self.audit_on:
-            os.close(fd)
+            if fd is not None:
+                os.close(fd)
             return
         ev = AuditEvent("write", caller.agent, caller.uid, caller.pid, path)
+        if fd is None:  # the handle wrote the whole (small) file: hash what it wrote
+            self._record_write(handle, ev, stats, self.hasher.hash_chunks(stats["content"]))
+            return
         if self._nursery is None or not stats.get("writes"):
             os.close(fd)
             self._record_write(handle, ev, stats, None)

@@ -3,6 +3,15 @@
 read/write/release carry no caller, so a handle keeps the agent that opened
 it, and the writes made through it are aggregated here for one audit record
 at release instead of one per write() call.
+
+A small file written whole through one handle (tar -x, an editor's save) is
+hashed at release from the bytes the handle wrote, kept until then, instead
+of reopening the file and reading it back: that reopen (through /proc) cost
+two thirds of hashing a 10 KB file. The kept bytes are the file only if the
+handle wrote [0, size) in order and nothing else changed the file through
+this daemon after its writes (`Inode.changes`); otherwise the file is read
+back as before. A write by another daemon of the same workspace at the same
+moment is not seen here: the hash is then of what this handle wrote.
 """
 
 from __future__ import annotations
@@ -13,12 +22,15 @@ from dataclasses import dataclass, field
 
 from agentfs.core.governor import Caller
 from agentfs.fuse.backing_io import BackingIO
+from agentfs.fuse.inodes import Inode
 from agentfs.fuse.setid import drop_setid
 
 # Beyond this many disjoint ranges a handle keeps merging the closest ones, so
 # that a random-write workload cannot grow the record without bound.
 MAX_RANGES = 64
 _ALIGN = 4096
+# Files up to this size are hashed from the bytes their handle wrote.
+KEEP_BYTES = 64 << 10
 
 
 @dataclass(eq=False)
@@ -37,6 +49,33 @@ class FileHandle:
     writes: int = 0
     nbytes: int = 0
     ranges: list[list[int]] = field(default_factory=list)
+    node: Inode | None = None
+    # The bytes written so far, while they are the file's first `kept` bytes
+    # in order; None once they are not (or when nobody asked to keep them).
+    chunks: list[bytes] | None = None
+    kept: int = 0
+    seen: int = 0  # node.changes after this handle's last write
+
+    def content(self, size: int) -> list[bytes] | None:
+        """The file's whole content as written through this handle, if that is what it holds."""
+        if self.chunks is None or self.kept != size or self.node is None or self.node.changes != self.seen:
+            return None
+        return self.chunks
+
+    def _keep(self, off: int, data: bytes, n: int) -> None:
+        node = self.node
+        if node is None:
+            return
+        chunks = self.chunks
+        if chunks is not None:
+            if (off != self.kept or n != len(data) or self.kept + n > KEEP_BYTES
+                    or (self.kept and node.changes != self.seen)):
+                self.chunks = None
+            else:
+                chunks.append(data if type(data) is bytes else bytes(data))
+                self.kept += n
+        node.changes += 1
+        self.seen = node.changes
 
     def note_write(self, off: int, n: int) -> None:
         self.writes += 1
@@ -102,6 +141,7 @@ class FileHandle:
             finally:
                 buf.close()
         self.note_write(off, n)
+        self._keep(off, data, n)
         return n
 
 

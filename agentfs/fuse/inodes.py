@@ -94,6 +94,10 @@ class Inode:
     strict: bool = False
     # (good until, moves counter, path) of the last /proc reading: see real_path.
     real: tuple[float, int, str | None] | None = None
+    # Counts content changes through this daemon (writes, truncations): a write
+    # handle may hash the bytes it wrote only if nothing else changed the file
+    # after its own writes (FileHandle.content).
+    changes: int = 0
 
     @property
     def is_dir(self) -> bool:

@@ -257,6 +257,7 @@ class Operations(FileOps, DirOps, XattrOps, pyfuse3.Operations):
                     os.ftruncate(wfd, attr.st_size)
                 finally:
                     os.close(wfd)
+            node.changes += 1
             changed["size"] = attr.st_size
         if fields.update_mode:
             if is_link:

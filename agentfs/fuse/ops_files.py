@@ -90,12 +90,14 @@ class FileOps:
         # drop other handles' cached pages of the range such a write covers
         # (WRITE_ONLY_DIRECT): older ones would leave readers stale.
         write_only = (flags & os.O_ACCMODE) == os.O_WRONLY
-        h = FileHandle(fd, node.ino, caller, path, writable, direct, io=self.io, write_only=write_only)
+        h = FileHandle(fd, node.ino, caller, path, writable, direct, io=self.io, write_only=write_only,
+                       node=node, chunks=[] if writable and self.gov.hashes_writes else None)
         fh = self._new_fh(h)
         try:
             if writable:
                 await self.gov.open_write(caller, fh, path, created)
             if flags & os.O_TRUNC and created is None:
+                node.changes += 1
                 drop_setid(fd, caller)  # the backing open truncated as root
                 await self.gov.record(caller, "truncate", path, details={"size": 0, "on": "open"})
         except BaseException:
@@ -183,7 +185,10 @@ class FileOps:
                 size = os.fstat(h.fd).st_size
                 stats = {"writes": h.writes, "bytes": h.nbytes, "ranges": h.ranges, "size": size,
                          "past_cache": h.past_cache}
-                self.gov.close_write(h.caller, fh, h.path, stats, os.dup(h.fd))
+                content = h.content(size) if h.writes else None
+                if content is not None:
+                    stats["content"] = content
+                self.gov.close_write(h.caller, fh, h.path, stats, None if content is not None else os.dup(h.fd))
         finally:
             os.close(h.fd)
 
