@@ -22,7 +22,6 @@ starts finds handles of dead daemons and records them "write-interrupted".
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import sqlite3
@@ -73,7 +72,7 @@ class AuditError(Exception):
     """The audit record could not be committed; the operation must not be acknowledged."""
 
 
-@dataclass
+@dataclass(slots=True)
 class AuditEvent:
     op: str
     agent: str
@@ -85,7 +84,7 @@ class AuditEvent:
     details: dict | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class _Item:
     rec: store.NewRecord
     handle_add: int | None = None
@@ -104,15 +103,13 @@ class _Batch:
         self.error: BaseException | None = None
 
 
-# Built once: json.dumps with any non-default argument builds a new encoder
-# on every call, which costs more than encoding a record's few keys.
-_DETAILS = json.JSONEncoder(sort_keys=True, ensure_ascii=True, separators=(",", ":"), default=str)
+_DETAILS = audit_journal.compact_json(sort_keys=True, default=str)
 
 
 def _details_json(details: dict | None) -> str | None:
     if details is None:
         return None
-    return _DETAILS.encode(details)
+    return _DETAILS(details)
 
 
 def _new_record(ev: AuditEvent, op: str | None = None, details: dict | None = None) -> store.NewRecord:
@@ -246,8 +243,8 @@ class AuditLog:
         self._jn += 1
         item.jn = self._jn
         try:
-            self._journal.append(audit_journal.Entry(self._jn, item.rec, self.daemon_id,
-                                                     item.handle_add, item.handle_del))
+            self._journal.append_line(audit_journal.line_of(self._jn, item.rec, self.daemon_id,
+                                                            item.handle_add, item.handle_del))
         except OSError as e:
             raise AuditError(f"cannot journal the audit record: {e}") from e
         self._enqueue(item)

@@ -35,7 +35,7 @@ def coalesce_ranges(ranges: Iterable[tuple[int, int] | list[int]]) -> list[tuple
     """
     out: list[list[int]] = []
     items = list(ranges)
-    if any(items[i][0] < items[i - 1][0] for i in range(1, len(items))):
+    if len(items) > 1 and any(items[i][0] < items[i - 1][0] for i in range(1, len(items))):
         items.sort()
     for s, e in items:
         if e <= s:

@@ -34,7 +34,8 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore[attr-defined]
+from typing import Any, Callable
 
 from agentfs.store import audit_log as store
 from agentfs.workspace import Workspace
@@ -47,7 +48,27 @@ RESET_BYTES = 1 << 20
 # The mapping's first size; doubled when full (the writer resets the journal
 # at RESET_BYTES after each commit, so growth is rare).
 _CAPACITY = 4 << 20
-_COMPACT = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"))
+
+
+def compact_json(sort_keys: bool = False, default: Any = None) -> Callable[[Any], str]:
+    """A compact, ASCII-only JSON encoder, built once.
+
+    `json.dumps` and `JSONEncoder.encode` build the C encoder (and Python
+    closures around it) on every call, which costs as much as encoding a
+    record's few values; the audit encodes two values per change.
+    """
+    enc = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"), sort_keys=sort_keys, default=default)
+    if c_make_encoder is None:  # pragma: no cover - CPython always has the accelerator
+        return enc.encode
+    make = c_make_encoder(None, enc.default, encode_basestring_ascii, None, ":", ",", sort_keys, False, True)
+
+    def encode(value: Any) -> str:
+        return "".join(make(value, 0))
+
+    return encode
+
+
+_COMPACT = compact_json()
 
 
 @dataclass
@@ -92,7 +113,10 @@ class Journal:
 
     def append(self, e: Entry) -> None:
         """One copy into the mapping: when it returns the entry survives the process."""
-        line = _line(e)
+        self.append_line(_line(e))
+
+    def append_line(self, line: bytes) -> None:
+        """`append` of a line already encoded (`line_of`), for the hot path."""
         end = self.size + len(line)
         if end > len(self._map):
             self._grow(end)
@@ -192,8 +216,13 @@ def _written(data: bytes) -> bytes:
 
 def _line(e: Entry) -> bytes:
     r = e.rec
-    return _COMPACT.encode([e.n, r.ts_ns, r.agent, r.uid, r.pid, r.op, r.path, r.new_path, r.result,
-                            r.details, e.daemon_id, e.handle_add, e.handle_del]).encode("ascii") + b"\n"
+    return line_of(e.n, r, e.daemon_id, e.handle_add, e.handle_del)
+
+
+def line_of(n: int, r: store.NewRecord, daemon_id: str, handle_add: int | None, handle_del: int | None) -> bytes:
+    """The journal line of entry `n` (what `read_entries` reads back)."""
+    return (_COMPACT([n, r.ts_ns, r.agent, r.uid, r.pid, r.op, r.path, r.new_path, r.result, r.details,
+                      daemon_id, handle_add, handle_del]) + "\n").encode("ascii")
 
 
 def _write_all(fd: int, data: bytes) -> int:

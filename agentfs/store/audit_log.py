@@ -79,7 +79,7 @@ def dec_path(v: str | bytes | None) -> str | None:
     return v
 
 
-@dataclass
+@dataclass(slots=True)
 class NewRecord:
     """A record before the chain gives it a seq and a hash."""
 
