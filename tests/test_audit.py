@@ -195,6 +195,44 @@ async def test_paths_that_are_not_utf8_round_trip_and_verify(ws):
     assert verify(ws).ok
 
 
+async def test_record_hashes_are_sha256_of_the_documented_json_array(ws):
+    """The chain's bytes are json.dumps(ensure_ascii, compact) of the fields: what outside tools recompute."""
+    import json
+
+    paths = ["/plain.txt", "/\u00e9t\u00e9 \U0001f600.md", os.fsdecode(b"/bad-\xff.txt")]
+    async with running(ws) as log:
+        for p in paths:
+            await log.record(ev("create", p, details={"mode": "0o644", "note": "caf\u00e9"}))
+    rows = list(iter_records(ws))
+    assert [r["path"] for r in rows] == paths
+    for r in rows:
+        # details are hashed as stored: compact JSON text with sorted keys.
+        details = json.dumps(r["details"], ensure_ascii=True, separators=(",", ":"), sort_keys=True)
+        fields = [r["prev_hash"], r["seq"], r["ts_ns"], r["agent"], r["uid"], r["pid"], r["op"], r["path"],
+                  r["new_path"], r["result"], details]
+        text = json.dumps(fields, ensure_ascii=True, separators=(",", ":"))
+        assert r["hash"] == hashlib.sha256(text.encode("ascii")).hexdigest(), (r["seq"], text)
+
+
+async def test_path_queries_need_no_path_index_and_an_old_one_is_dropped(ws):
+    """The path index served no query and slowed every commit: workspaces made before lose it."""
+    from agentfs.store import db
+
+    async with running(ws) as log:
+        for p in ("/a/x.txt", "/b/y.txt", "/a/sub/z.txt"):
+            await log.record(ev("create", p))
+    conn = raw(ws)
+    conn.execute("CREATE INDEX audit_log_path ON audit_log(path)")
+    conn.close()
+    db.connect(ws).close()
+    conn = raw(ws)
+    names = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+    conn.close()
+    assert "audit_log_path" not in names and "audit_log_agent" in names
+    assert [r["path"] for r in iter_records(ws, path_glob="/a")] == ["/a/x.txt", "/a/sub/z.txt"]
+    assert [r["path"] for r in iter_records(ws, path_glob="/*/y.txt")] == ["/b/y.txt"]
+
+
 async def test_write_handles_are_in_flight_until_close_write_aggregates_them(ws):
     async with running(ws) as log:
         open_seq = await log.open_write(7, ev("open-w", "/big.bin"))
