@@ -40,8 +40,8 @@ CREATE INDEX IF NOT EXISTS audit_log_ts ON audit_log(ts_ns);
 CREATE INDEX IF NOT EXISTS audit_log_agent ON audit_log(agent, seq);
 -- An index on path served no query (path filters are GLOBs over path and
 -- new_path, which SQLite cannot answer from it) and was the commit's
--- dearest part: each insert lands at a random place in it (on rm -rf, two
--- thirds of the commit helper's CPU time). Workspaces made before lose it.
+-- dearest part: each insert lands at a random place in it (on rm -rf, 60 %
+-- of the commit helper's CPU time). Workspaces made before lose it.
 DROP INDEX IF EXISTS audit_log_path;
 CREATE TABLE IF NOT EXISTS audit_inflight (
     daemon_id  TEXT    NOT NULL,
