@@ -43,6 +43,11 @@ HASH_SPARSE_MIN_BYTES = 64 << 20
 HASH_INLINE_BYTES = 64 << 10
 
 
+# What a request's letters ask for, parsed once per distinct string (a handful
+# in all): every request of every workload asks.
+_needed = functools.lru_cache(maxsize=None)(Rights.parse)
+
+
 @functools.lru_cache(maxsize=None)
 def _runaway_kind(rights: str) -> str | None:
     """How a request needing `rights` counts towards runaway detection.
@@ -97,7 +102,7 @@ class WorkspaceGovernor:
             return
         policy = self.holder.current
         have = policy.rights(caller.agent, path)
-        need = Rights.parse(rights)
+        need = _needed(rights)
         if need & ~have:
             # Refusing only `c` reveals nothing (the kernel already heard ENOENT
             # for an invisible name before it asks to create it): say EACCES.
@@ -236,8 +241,7 @@ class WorkspaceGovernor:
                      result: str = "ok", details: dict[str, Any] | None = None) -> None:
         if self.audit_on:
             # Durable (journaled) before the syscall is acknowledged; committed with the next group.
-            await self.audit.record_durable(AuditEvent(op, caller.agent, caller.uid, caller.pid, path,
-                                                       new_path, result, details))
+            await self.audit.change(op, caller.agent, caller.uid, caller.pid, path, new_path, result, details)
         if op == "rename" and new_path is not None:
             self.locks.on_rename(path, new_path)
         elif op == "exchange" and new_path is not None:
@@ -249,9 +253,8 @@ class WorkspaceGovernor:
                          created: dict[str, Any] | None = None) -> None:
         if not self.audit_on:
             return
-        op = "open-w" if created is None else "create"
-        await self.audit.open_write_durable(
-            handle, AuditEvent(op, caller.agent, caller.uid, caller.pid, path, details=created), op=op)
+        await self.audit.change("open-w" if created is None else "create", caller.agent, caller.uid, caller.pid,
+                                path, details=created, handle_add=handle)
 
     @property
     def hashes_writes(self) -> bool:

@@ -82,7 +82,7 @@ class RunawayDetector:
         if self._calls - self._swept_at >= max(_SWEEP_EVERY, len(self._hits)):
             self._swept_at = self._calls
             self._sweep(now, rule.window_seconds)
-        if self.cooling_off(agent):
+        if self._cooloff_until and self.cooling_off(agent):
             return rule.action == "deny"
         deny = False
         # Every change counts against its path: a loop rewriting one file shows
