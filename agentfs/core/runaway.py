@@ -73,12 +73,19 @@ class RunawayDetector:
         counting every deleted path (rm -rf) filled the window's table with
         keys that can never count again.
         """
-        now = self.clock()
         rule = self._settings().rule_for(agent)
+        by_path = rule.writes_per_file_per_minute and not removal
+        new_file = rule.new_files_per_minute and op in NEW_FILE_OPS
+        if not (by_path or new_file or rule.ops_per_minute):
+            # Nothing to count (a removal under the default rule: every entry
+            # of an rm -rf): only a cooling-off agent's refusal remains.
+            return bool(self._cooloff_until) and self.cooling_off(agent) and rule.action == "deny"
+        now = self.clock()
         self._calls += 1
-        # Sweep after as many calls as there are keys (at least _SWEEP_EVERY):
-        # a fixed period made each call pay for keys/period entries, which
-        # grew with the tree (rm -rf of 20,000 files: ~2 µs a call).
+        # Sweep after as many counted calls as there are keys (at least
+        # _SWEEP_EVERY): a fixed period made each call pay for keys/period
+        # entries, which grew with the tree (rm -rf of 20,000 files: ~2 µs a
+        # call). Calls that count nothing add no keys, so they need no sweep.
         if self._calls - self._swept_at >= max(_SWEEP_EVERY, len(self._hits)):
             self._swept_at = self._calls
             self._sweep(now, rule.window_seconds)
@@ -87,10 +94,10 @@ class RunawayDetector:
         deny = False
         # Every change counts against its path: a loop rewriting one file shows
         # as opens for writing, truncates, or renames onto it (atomic saves).
-        if rule.writes_per_file_per_minute and not removal:
+        if by_path:
             deny |= self._count(now, rule, agent, "writes_per_file_per_minute", path,
                                 rule.writes_per_file_per_minute)
-        if rule.new_files_per_minute and op in NEW_FILE_OPS:
+        if new_file:
             deny |= self._count(now, rule, agent, "new_files_per_minute", "", rule.new_files_per_minute,
                                 path)
         if rule.ops_per_minute:
