@@ -373,6 +373,31 @@ async def test_record_durable_journals_then_commits_and_cleans_up(ws):
     assert [r["op"] for r in iter_records(ws)] == ["open-w", "unlink"]
 
 
+async def test_change_journals_the_lines_replay_reads_back(ws):
+    """`change` writes its journal line itself: it must be the line `line_of` would write."""
+    from agentfs.core import audit_journal
+
+    async with running(ws) as log:
+        await log.change("create", "ag\u00e9nt", 1000, 42, "/d/caf\u00e9\udcff.txt", details={"mode": "0o600"},
+                         handle_add=7)
+        await log.change("rename", "agent", 1000, 42, "/a", "/b", result="EXDEV")
+        journal = log._journal
+        assert journal is not None
+        entries = audit_journal.read_entries(journal.path)
+        lines = bytes(journal._map[:journal.size])
+        await log.flush()
+    expected = b"".join(audit_journal.line_of(e.n, e.rec, e.daemon_id, e.handle_add, e.handle_del)
+                        for e in entries)
+    assert lines == expected
+    assert [(e.n, e.rec.op, e.rec.path, e.rec.new_path, e.rec.result, e.rec.details, e.handle_add)
+            for e in entries] == [(1, "create", "/d/caf\u00e9\udcff.txt", None, "ok", '{"mode":"0o600"}', 7),
+                                  (2, "rename", "/a", "/b", "EXDEV", None, None)]
+    rows = list(iter_records(ws))
+    assert [(r["op"], r["agent"], r["uid"], r["pid"]) for r in rows] == [
+        ("create", "ag\u00e9nt", 1000, 42), ("rename", "agent", 1000, 42)]
+    assert verify(ws).ok
+
+
 async def test_a_steady_trickle_of_changes_is_committed_in_groups(ws, monkeypatch):
     """One change at a time (tar -x, rm -rf) must not cost one SQLite commit each."""
     commits = count_commits(monkeypatch)
