@@ -330,10 +330,23 @@ def test_a_file_scores_the_mean_of_its_best_normalised_chunk_scores():
     # /a.md: chunk 1 is the keyword favourite, chunk 2 the semantic one: both credit /a.md.
     db = _FakeRanks({1: "/a.md", 2: "/a.md", 3: "/b.md", 4: "/c.md"})
     hits, gone = _fuse(db, [(1, 10.0), (3, 5.0), (4, 0.0)],  # type: ignore[arg-type]
-                       [(2, 0.9), (3, 0.5), (4, 0.1), (99, 0.05)], 10, None, None)
+                       [(2, 0.9), (3, 0.5), (4, 0.1), (99, 0.05)], 10, None, None, vec_floor=0.1)
     assert [(h.path, h.score) for h in hits] == [("/a.md", 1.0), ("/b.md", 0.5), ("/c.md", 0.0)]
     assert hits[0].snippet in ("chunk 1", "chunk 2")
     assert gone == [99]
+
+
+def test_scores_are_scaled_from_each_retrievers_floor_not_from_the_last_candidate():
+    # Two files with the same text but for their names (the demo's copy):
+    # scaled from the weaker of two candidates, the copy would score 0.
+    db = _FakeRanks({1: "/research/uploads.md", 2: "/drafts/summary.md"})
+    hits, _ = _fuse(db, [(1, 3.10), (2, 3.05)], [(1, 0.75), (2, 0.74)],  # type: ignore[arg-type]
+                    10, None, None, vec_floor=0.2)
+    assert [(h.path, h.score) for h in hits] == [("/research/uploads.md", 1.0),
+                                                 ("/drafts/summary.md", round((3.05 / 3.10 + 0.54 / 0.55) / 2, 4))]
+    # Below the floor (KNN with no similarity floor), the weakest candidate is the bottom again.
+    hits, _ = _fuse(db, [], [(1, 0.3), (2, -0.1)], 10, None, None, vec_floor=0.0)  # type: ignore[arg-type]
+    assert [h.score for h in hits] == [1.0, 0.0]
 
 
 def test_a_retrievers_confidence_counts_not_just_its_order():
@@ -360,4 +373,5 @@ def test_a_hidden_file_does_not_shift_the_scores_of_visible_ones():
                         10, None, lambda p: p != "/secret.md")
     absent, _ = _fuse(db, [(2, 5.0), (3, 1.0)], [(3, 0.6), (2, 0.5)], 10, None, None)  # type: ignore[arg-type]
     assert [(h.path, h.score) for h in filtered] == [(h.path, h.score) for h in absent]
-    assert [h.score for h in filtered] == [0.5, 0.5]
+    # /a.md: 5/5 and (0.5 - 0)/(0.6 - 0); /b.md: 1/5 and 1.
+    assert [(h.path, h.score) for h in filtered] == [("/a.md", round((1 + 0.5 / 0.6) / 2, 4)), ("/b.md", 0.6)]
