@@ -179,20 +179,78 @@ def test_a_failed_direct_write_leaves_the_fd_as_the_caller_believes(wfile):
         os.close(ro)
 
 
-def test_large_reads_drop_the_backing_pages_they_served(workdir: Path):
+def test_large_buffered_reads_drop_the_backing_pages_they_served(workdir: Path):
     p = workdir / "r.bin"
     data = on_disk(p, 4 * MIB)
     fd = os.open(p, os.O_RDONLY)
     try:
         io = BackingIO()
-        assert io.read(fd, 0, MIB) == data[:MIB]
+        # fd_direct None: a handle that must not read past the page cache (a writable one)
+        assert io.read(fd, 0, MIB) == (data[:MIB], None)
         assert not cached(p, 0)
-        assert io.read(fd, MIB, 4096) == data[MIB:MIB + 4096]  # a small read is left alone
+        assert io.read(fd, MIB, 4096) == (data[MIB:MIB + 4096], None)  # a small read is left alone
         assert cached(p, MIB)
-        assert io.read(fd, 4 * MIB - 10, 4096) == data[-10:]  # short at the end
-        assert io.read(fd, 0, 2 * MIB) == data[:2 * MIB]  # larger than the buffer so far
+        assert io.read(fd, 4 * MIB - 10, 4096)[0] == data[-10:]  # short at the end
+        assert io.read(fd, 0, 2 * MIB)[0] == data[:2 * MIB]  # larger than the buffer so far
+        assert io.direct_reads == 0 and not has_direct(fd)
     finally:
         os.close(fd)
+
+
+@pytest.fixture
+def rfile(workdir: Path):
+    """A file of 4 MiB - 10 random bytes on disk, none of it cached, open read-only."""
+    p = workdir / "d.bin"
+    data = on_disk(p, 4 * MIB - 10)
+    fd = os.open(p, os.O_RDONLY)
+    yield p, fd, data
+    os.close(fd)
+
+
+def test_large_aligned_reads_of_a_read_only_handle_go_past_the_page_cache(rfile):
+    p, fd, data = rfile
+    io = BackingIO()
+    assert io.read(fd, 0, MIB, False) == (data[:MIB], True)
+    assert has_direct(fd) and resident(p) == 0
+    assert io.read(fd, MIB, 2 * MIB, True) == (data[MIB:3 * MIB], True)  # a larger buffer than so far
+    # A small read goes through the page cache, and the fd loses O_DIRECT for it.
+    assert io.read(fd, 3 * MIB + 100, 50, True) == (data[3 * MIB + 100:3 * MIB + 150], False)
+    assert not has_direct(fd) and cached(p, 3 * MIB)
+    assert io.read(fd, 3 * MIB, MIB, False) == (data[3 * MIB:], True)  # short at the end of the file
+    assert io.direct_reads == 3
+    assert BackingIO(read_mode="never").read(fd, 0, MIB, True) == (data[:MIB], False) and not has_direct(fd)
+
+
+def test_a_read_past_the_cache_sees_buffered_writes_not_yet_on_disk(rfile):
+    p, fd, data = rfile
+    wfd = os.open(p, os.O_WRONLY)
+    try:
+        os.pwrite(wfd, b"new" * 1000, 4096)  # dirty in the page cache, not written back
+        assert BackingIO("never", read_mode="always").read(fd, 0, MIB, False)[0] == \
+            data[:4096] + b"new" * 1000 + data[7096:MIB]
+    finally:
+        os.close(wfd)
+
+
+def test_slow_direct_reads_send_auto_back_to_buffered_reads_for_a_while(rfile):
+    p, fd, data = rfile
+    clock = Clock()
+
+    class SlowClock:
+        def __call__(self) -> float:
+            clock.t += 1.0
+            return clock.t
+
+    io = BackingIO(clock=SlowClock())
+    state: bool | None = False
+    for i in range(MIN_SAMPLES):  # 1 MB/s, judged after a few reads
+        view, state = io.read(fd, 0, MIB, state)
+        assert state is True
+    io._clock = clock
+    assert io.read(fd, MIB, MIB, state) == (data[MIB:2 * MIB], False)
+    assert not has_direct(fd) and io.direct_reads == MIN_SAMPLES
+    clock.t += BACKOFF_S
+    assert io.read(fd, 2 * MIB, MIB, False) == (data[2 * MIB:3 * MIB], True)
 
 
 def test_hashing_a_file_written_past_the_cache_leaves_none_of_it_cached(workdir: Path):
@@ -230,4 +288,45 @@ def test_streaming_through_the_mount(workdir: Path, mode: str):
         assert hashlib.sha256(backing.read_bytes()).hexdigest() == want
         assert rec["details"]["size"] == 16 * MIB + 123
         assert rec["details"]["hash"] == ContentHasher().hash_path(backing)
+        assert m.answers()
+
+
+def _backing_fd_flags(pid: int, backing: Path) -> list[int]:
+    """The flags of the daemon's descriptors open on `backing` for I/O (not its O_PATH inode fds)."""
+    out = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") != str(backing):
+                continue
+            info = Path(f"/proc/{pid}/fdinfo/{fd}").read_text()
+        except OSError:
+            continue
+        flags = int(next(line.split()[1] for line in info.splitlines() if line.startswith("flags:")), 8)
+        if not flags & os.O_PATH:
+            out.append(flags)
+    return out
+
+
+@pytest.mark.parametrize("mode", ["always", "never"])  # "auto" would depend on this disk's speed
+def test_a_reader_streaming_through_the_mount_reads_past_the_backing_cache(workdir: Path, mode: str):
+    ws = make_workspace(workdir, OPEN_POLICY + f'\n[mount]\ndirect_reads = "{mode}"\n')
+    mnt = workdir / "mnt"
+    mnt.mkdir()
+    backing = ws.data_path / "big.bin"
+    data = on_disk(backing, 16 * MIB + 123)
+    with mounted(ws, mnt) as m:
+        with open(mnt / "big.bin", "rb", buffering=0) as f:
+            got = f.read(4 * MIB)  # the kernel's readahead asks for 1 MiB at a time
+            flags = _backing_fd_flags(m.pid, backing)
+            got += f.read()
+        assert got == data
+        assert len(flags) == 1 and bool(flags[0] & os.O_DIRECT) == (mode == "always")
+        # Direct, or dropped behind: no second copy either way (but of the last,
+        # small request for the tail past 16 MiB).
+        assert resident(backing, 0, 16 * MIB) == 0
+        # A writable handle never reads past the cache (its own writes may be pending in it).
+        with open(mnt / "big.bin", "r+b", buffering=0) as f:
+            f.seek(8 * MIB)
+            assert f.read(MIB) == data[8 * MIB:9 * MIB]
+            assert not any(fl & os.O_DIRECT for fl in _backing_fd_flags(m.pid, backing))
         assert m.answers()

@@ -307,7 +307,7 @@ def test_settings_defaults_and_values() -> None:
     p = Policy.from_text("[locks]\nwait_seconds = 2\n")
     assert p.settings("locks") == {"default_ttl": 300.0, "wait_seconds": 2.0}
     assert isinstance(p.settings("locks")["wait_seconds"], float)
-    assert p.settings("mount") == {"cache_seconds": 60.0, "direct_writes": "auto"}
+    assert p.settings("mount") == {"cache_seconds": 60.0, "direct_writes": "auto", "direct_reads": "auto"}
     assert p.settings("audit")["reads"] is False
     assert p.settings("search")["embedder"] == "minilm"
     with pytest.raises(KeyError):

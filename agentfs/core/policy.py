@@ -350,7 +350,7 @@ class PolicyHolder:
         return True
 
 
-def _direct_writes_mode(value: Any) -> str | None:
+def _direct_mode(value: Any) -> str | None:
     return None if value in ("auto", "always", "never") else "must be auto, always or never"
 
 
@@ -363,7 +363,9 @@ register_section("mount", {
     "cache_seconds": FieldSpec(float, 60.0, "kernel entry/attr timeout where all agents see a path alike",
                                non_negative),
     "direct_writes": FieldSpec(str, "auto", "large writes of write-only handles past the backing page cache: "
-                               "auto, always or never", _direct_writes_mode),
+                               "auto, always or never", _direct_mode),
+    "direct_reads": FieldSpec(str, "auto", "large reads of read-only handles past the backing page cache: "
+                              "auto, always or never", _direct_mode),
 })
 register_section("locks", {
     "default_ttl": FieldSpec(float, 300.0, "lease of a lock taken without --ttl, seconds", non_negative),

@@ -69,6 +69,11 @@ cache_seconds = 60
 # disk directly (O_DIRECT) instead of through the page cache: "auto" while
 # the disk takes them at 1 GB/s or more, "always", or "never".
 direct_writes = "auto"
+# Large block-aligned reads through read-only handles (dd, cp, a program
+# streaming a big file) come from disk directly (O_DIRECT), leaving no second
+# copy in the page cache: "auto" while the disk serves them at 1 GB/s or
+# more, "always", or "never".
+direct_reads = "auto"
 
 [locks]
 # Lease of a lock taken without --ttl, in seconds; it expires unless renewed.

@@ -7,10 +7,14 @@ backing copy of what they stream is a duplicate; and a write-only handle has
 no mount-side cache at all (FOPEN_DIRECT_IO), so the backing copy of what it
 streams is the only reason the write costs fresh memory. On this project's
 machines fresh page-cache memory is the slow part of moving a gigabyte (the
-VM's host supplies it at a few hundred MB/s when it is not in the mood), so:
+VM's balloon reports free memory to the host, which takes it back; the first
+touch of such a page then costs a fault in the host), so:
 
-- reads land in one reused buffer, and a large read drops the backing pages
-  it just served (POSIX_FADV_DONTNEED);
+- reads land in one reused buffer;
+- a large, block-aligned read of a read-only handle goes to the backing file
+  with O_DIRECT into one reused aligned buffer, under an `auto` rule like
+  the writes' below (with `READ_FLOOR_BYTES_PER_S`); a large read that does
+  not drops the backing pages it just served (POSIX_FADV_DONTNEED);
 - a large, block-aligned write goes to the backing file with O_DIRECT, from
   one reused aligned buffer, while the disk takes such writes at least as
   fast as memory would (`FLOOR_BYTES_PER_S`, a moving average over recent
@@ -18,9 +22,10 @@ VM's host supplies it at a few hundred MB/s when it is not in the mood), so:
   slower disk sends the mount back to buffered writes for `BACKOFF_S`, so a
   slow disk keeps the page cache's write-behind and never holds the loop.
 
-Small or unaligned writes, O_APPEND and O_DIRECT handles are untouched. Data
+Small or unaligned I/O, O_APPEND and O_DIRECT handles are untouched. Data
 and its durability are the same either way: a direct write is on the disk
-when it returns, and fsync still flushes metadata.
+when it returns, and fsync still flushes metadata; a direct read sees every
+buffered write made before it (the kernel writes the range back first).
 """
 
 from __future__ import annotations
@@ -42,6 +47,12 @@ ALIGN = 4096
 # A direct write slower than this takes longer than a copy into page cache on
 # any healthy machine: the disk is not keeping up, write-behind is better.
 FLOOR_BYTES_PER_S = 1 << 30
+# Reads have no such yardstick: read buffered, they need the disk too, but
+# several requests at once (readahead) where a direct read waits for each.
+# The first direct reads of a file here run at ~700 MB/s (each 1 MiB read
+# waits ~1.5 ms), later ones faster. Below this, the device is one (a
+# spinning disk, a network volume) whose latency readahead hides.
+READ_FLOOR_BYTES_PER_S = 256 << 20
 BACKOFF_S = 10.0
 # The moving average weighs each new direct write this much, and judges the
 # disk only after this many (a file's first writes allocate its blocks).
@@ -49,49 +60,119 @@ WEIGHT = 1 / 32
 MIN_SAMPLES = 4
 
 
-class BackingIO:
-    """The mount's data path; one per mount, used from the FUSE loop thread only."""
+class _Pace:
+    """How fast the disk took one kind of direct I/O lately, and whether `auto` still asks it."""
 
-    def __init__(self, mode: str = "auto", clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, kind: str, clock: Callable[[], float], floor: float) -> None:
+        self.kind = kind
+        self.clock = clock
+        self.floor = floor
+        self.paused = False
+        self.paused_until = 0.0
+        self.sec_per_byte = 0.0
+        self.samples = 0
+
+    def allows(self, mode: str, off: int, size: int) -> bool:
+        if mode == "never" or size < STREAM_MIN or (off | size) & (ALIGN - 1):
+            return False
+        if mode == "always" or not self.paused:
+            return True
+        if self.clock() < self.paused_until:
+            return False
+        self.paused, self.samples = False, 0  # judge the disk afresh
+        return True
+
+    def judge(self, sec_per_byte: float) -> None:
+        self.samples += 1
+        if self.samples == 1:
+            self.sec_per_byte = sec_per_byte
+        else:
+            self.sec_per_byte += (sec_per_byte - self.sec_per_byte) * WEIGHT
+        if self.samples >= MIN_SAMPLES and self.sec_per_byte * self.floor > 1:
+            self.paused, self.paused_until = True, self.clock() + BACKOFF_S
+            log.info("direct %s at %.0f MB/s, below %.0f: buffered %s for %.0f s", self.kind,
+                     1 / self.sec_per_byte / 1e6, self.floor / 1e6, self.kind, BACKOFF_S)
+
+
+class BackingIO:
+    """The mount's data path; one per mount, used from the FUSE loop thread only.
+
+    `mode` rules direct writes and `read_mode` direct reads: "auto", "always"
+    or "never" (`[mount] direct_writes`, `direct_reads`).
+    """
+
+    def __init__(self, mode: str = "auto", clock: Callable[[], float] = time.monotonic,
+                 read_mode: str = "auto") -> None:
         self.mode = mode
+        self.read_mode = read_mode
         self._clock = clock
-        self._paused_until = 0.0
-        self._paused = False
-        self._sec_per_byte = 0.0
-        self._samples = 0
+        self._writes = _Pace("writes", lambda: self._clock(), FLOOR_BYTES_PER_S)
+        self._reads = _Pace("reads", lambda: self._clock(), READ_FLOOR_BYTES_PER_S)
         self._buf: mmap.mmap | None = None
         self._rbuf: bytearray | None = None
         self._view: memoryview | None = None
+        self._dview: memoryview | None = None
         self.direct_writes = 0
         self.buffered_writes = 0
+        self.direct_reads = 0
 
-    def read(self, fd: int, off: int, size: int) -> memoryview:
-        """The bytes at `off`, in a buffer that the next read reuses.
+    def read(self, fd: int, off: int, size: int, fd_direct: bool | None = None) -> tuple[memoryview, bool | None]:
+        """The bytes at `off`, in a buffer that the next read reuses; and whether `fd` now has O_DIRECT.
 
         pyfuse3 copies what a read handler returns into its reply before any
         other request runs, so one buffer serves every read: no fresh memory
         per request (a new 1 MiB `bytes` each time is what makes slow runs
         slow here: its pages come from the host on first touch).
+
+        `fd_direct` is whether `fd` has O_DIRECT set now, None for an fd that
+        must not read past the page cache (or cannot: then None comes back
+        and the caller stops asking). A large aligned read of such an fd goes
+        to the disk with O_DIRECT: what a reader streams then costs no backing
+        page cache at all, fresh memory that this VM's host hands out slowly
+        (a cold 1 GiB `dd` took 0.59-0.87 s instead of 0.58-2.54 s). A
+        buffered large read drops the backing pages it served instead.
         """
+        if fd_direct is not None and self._reads.allows(self.read_mode, off, size):
+            return self._read_direct(fd, off, size, fd_direct)
+        if fd_direct:
+            _set_direct(fd, False)
         if self._rbuf is None or len(self._rbuf) < size:
             self._rbuf = bytearray(max(size, 1 << 20))
         view = memoryview(self._rbuf)[:size]
         n = os.preadv(fd, [view], off)
         if n >= STREAM_MIN:
             os.posix_fadvise(fd, off, n, os.POSIX_FADV_DONTNEED)
-        return view[:n]
+        return view[:n], False if fd_direct is not None else None
+
+    def _read_direct(self, fd: int, off: int, size: int, fd_direct: bool) -> tuple[memoryview, bool | None]:
+        if not fd_direct:
+            try:
+                _set_direct(fd, True)
+            except OSError:  # the backing filesystem has no O_DIRECT
+                return self.read(fd, off, size)[0], None
+        if self._dview is None or len(self._dview) < size:
+            # A new mapping rather than a resized one: the last reply may still
+            # hold a view of the old, which is unmapped once that view is gone.
+            self._dview = memoryview(mmap.mmap(-1, max(size, 1 << 20)))
+        view = self._dview[:size]
+        t0 = self._clock()
+        try:
+            n = os.preadv(fd, [view], off)
+        except OSError as e:
+            _set_direct(fd, False)
+            if e.errno != errno.EINVAL:
+                raise
+            # EINVAL: an alignment this device needs and 4 KiB is not
+            return self.read(fd, off, size)[0], None
+        dt = self._clock() - t0
+        self.direct_reads += 1
+        if self.read_mode == "auto" and n == size:  # a short read (end of file) says little of the disk
+            self._reads.judge(dt / n)
+        return view[:n], True
 
     def wants_direct(self, off: int, size: int) -> bool:
-        if self.mode == "never" or size < STREAM_MIN or (off | size) & (ALIGN - 1):
-            return False
-        if self.mode == "always":
-            return True
-        if not self._paused:
-            return True
-        if self._clock() < self._paused_until:
-            return False
-        self._paused, self._samples = False, 0  # judge the disk afresh
-        return True
+        """Whether a write of `size` bytes at `off` would go to the disk past the page cache."""
+        return self._writes.allows(self.mode, off, size)
 
     def write(self, fd: int, off: int, data: bytes, fd_direct: bool) -> tuple[int, bool | None]:
         """Write `data` at `off`; returns (bytes written, whether `fd` now has O_DIRECT).
@@ -128,19 +209,8 @@ class BackingIO:
         dt = self._clock() - t0
         self.direct_writes += 1
         if self.mode == "auto" and n > 0:
-            self._judge(dt / n)
+            self._writes.judge(dt / n)
         return n, True
-
-    def _judge(self, sec_per_byte: float) -> None:
-        self._samples += 1
-        if self._samples == 1:
-            self._sec_per_byte = sec_per_byte
-        else:
-            self._sec_per_byte += (sec_per_byte - self._sec_per_byte) * WEIGHT
-        if self._samples >= MIN_SAMPLES and self._sec_per_byte * FLOOR_BYTES_PER_S > 1:
-            self._paused, self._paused_until = True, self._clock() + BACKOFF_S
-            log.info("direct writes at %.0f MB/s, below %.0f: buffered writes for %.0f s",
-                     1 / self._sec_per_byte / 1e6, FLOOR_BYTES_PER_S / 1e6, BACKOFF_S)
 
     def _aligned(self, size: int) -> memoryview:
         if self._buf is None or len(self._buf) < size:

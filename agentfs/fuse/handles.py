@@ -43,7 +43,8 @@ class FileHandle:
     direct: bool
     io: BackingIO | None = None  # the mount's data path; None: plain pread/pwrite
     write_only: bool = False
-    # Whether io has set O_DIRECT on fd for its writes; None: this fd cannot take it.
+    # Whether io has set O_DIRECT on fd for its writes (write-only handles) or
+    # reads (read-only ones); None: this fd cannot take it.
     fd_direct: bool | None = False
     past_cache: bool = False  # some writes went to disk past the page cache
     writes: int = 0
@@ -109,7 +110,17 @@ class FileHandle:
 
     def read(self, off: int, size: int) -> bytes | memoryview:
         if not self.direct:
-            return self.io.read(self.fd, off, size) if self.io is not None else os.pread(self.fd, size, off)
+            if self.io is None:
+                return os.pread(self.fd, size, off)
+            if self.writable:
+                return self.io.read(self.fd, off, size)[0]
+            try:
+                data, self.fd_direct = self.io.read(self.fd, off, size, self.fd_direct)
+            except OSError:
+                if self.fd_direct is not None:
+                    self.fd_direct = False  # io.read leaves the fd without O_DIRECT when it raises
+                raise
+            return data
         # O_DIRECT on the backing file needs an aligned buffer; the caller's
         # offset and size alignment stay the caller's business, as natively.
         buf = mmap.mmap(-1, max(_ALIGN, (size + _ALIGN - 1) // _ALIGN * _ALIGN))

@@ -51,7 +51,9 @@ class Operations(FileOps, DirOps, XattrOps, pyfuse3.Operations):
             holder.add_listener(lambda _policy: self._forget_kernel_entries())
 
     def _follow_mount_settings(self, policy: Any) -> None:
-        self.io.mode = str(policy.settings("mount").get("direct_writes", "auto"))
+        mount = policy.settings("mount")
+        self.io.mode = str(mount.get("direct_writes", "auto"))
+        self.io.read_mode = str(mount.get("direct_reads", "auto"))
 
     def _forget_kernel_entries(self) -> None:
         """After a policy change, make the kernel forget every entry it cached.
