@@ -213,11 +213,13 @@ def test_large_aligned_reads_of_a_read_only_handle_go_past_the_page_cache(rfile)
     assert io.read(fd, 0, MIB, False) == (data[:MIB], True)
     assert has_direct(fd) and resident(p) == 0
     assert io.read(fd, MIB, 2 * MIB, True) == (data[MIB:3 * MIB], True)  # a larger buffer than so far
-    # A small read goes through the page cache, and the fd loses O_DIRECT for it.
+    # A small aligned read keeps the fd as it is; an unaligned one reads through the cache.
+    assert io.read(fd, 3 * MIB, 8192, True) == (data[3 * MIB:3 * MIB + 8192], True)
+    assert has_direct(fd) and not cached(p, 3 * MIB)
     assert io.read(fd, 3 * MIB + 100, 50, True) == (data[3 * MIB + 100:3 * MIB + 150], False)
     assert not has_direct(fd) and cached(p, 3 * MIB)
     assert io.read(fd, 3 * MIB, MIB, False) == (data[3 * MIB:], True)  # short at the end of the file
-    assert io.direct_reads == 3
+    assert io.direct_reads == 4
     assert BackingIO(read_mode="never").read(fd, 0, MIB, True) == (data[:MIB], False) and not has_direct(fd)
 
 
@@ -321,9 +323,9 @@ def test_a_reader_streaming_through_the_mount_reads_past_the_backing_cache(workd
             got += f.read()
         assert got == data
         assert len(flags) == 1 and bool(flags[0] & os.O_DIRECT) == (mode == "always")
-        # Direct, or dropped behind: no second copy either way (but of the last,
-        # small request for the tail past 16 MiB).
-        assert resident(backing, 0, 16 * MIB) == 0
+        # Direct, or dropped behind: no second copy either way, but for small
+        # requests (under 128 KiB) the kernel sent before the first large one.
+        assert resident(backing, 0, 16 * MIB) < 256
         # A writable handle never reads past the cache (its own writes may be pending in it).
         with open(mnt / "big.bin", "r+b", buffering=0) as f:
             f.seek(8 * MIB)

@@ -72,8 +72,8 @@ class _Pace:
         self.sec_per_byte = 0.0
         self.samples = 0
 
-    def allows(self, mode: str, off: int, size: int) -> bool:
-        if mode == "never" or size < STREAM_MIN or (off | size) & (ALIGN - 1):
+    def allows(self, mode: str, off: int, size: int, min_size: int = STREAM_MIN) -> bool:
+        if mode == "never" or size < min_size or (off | size) & (ALIGN - 1):
             return False
         if mode == "always" or not self.paused:
             return True
@@ -132,7 +132,10 @@ class BackingIO:
         (a cold 1 GiB `dd` took 0.59-0.87 s instead of 0.58-2.54 s). A
         buffered large read drops the backing pages it served instead.
         """
-        if fd_direct is not None and self._reads.allows(self.read_mode, off, size):
+        # An fd already set for direct reads keeps it for smaller aligned ones
+        # (the kernel's readahead sends some): no flag flipping mid-stream.
+        if fd_direct is not None and self._reads.allows(self.read_mode, off, size,
+                                                         ALIGN if fd_direct else STREAM_MIN):
             return self._read_direct(fd, off, size, fd_direct)
         if fd_direct:
             _set_direct(fd, False)
@@ -166,7 +169,8 @@ class BackingIO:
             return self.read(fd, off, size)[0], None
         dt = self._clock() - t0
         self.direct_reads += 1
-        if self.read_mode == "auto" and n == size:  # a short read (end of file) says little of the disk
+        # A short read (end of file) or a small one says little of the disk's pace.
+        if self.read_mode == "auto" and n == size >= STREAM_MIN:
             self._reads.judge(dt / n)
         return view[:n], True
 
