@@ -49,8 +49,8 @@ ALIGN = 4096
 FLOOR_BYTES_PER_S = 1 << 30
 # Reads have no such yardstick: read buffered, they need the disk too, but
 # several requests at once (readahead) where a direct read waits for each.
-# The first direct reads of a file here run at ~700 MB/s (each 1 MiB read
-# waits ~1.5 ms), later ones faster. Below this, the device is one (a
+# The first direct reads of a file here run under 1 GB/s, later ones at
+# 1.2-2.8 GB/s. Below this, the device is one (a
 # spinning disk, a network volume) whose latency readahead hides.
 READ_FLOOR_BYTES_PER_S = 256 << 20
 BACKOFF_S = 10.0
