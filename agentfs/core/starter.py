@@ -71,7 +71,7 @@ cache_seconds = 60
 direct_writes = "auto"
 # Large block-aligned reads through read-only handles (dd, cp, a program
 # streaming a big file) come from disk directly (O_DIRECT), leaving no second
-# copy in the page cache: "auto" while the disk serves them at 1 GB/s or
+# copy in the page cache: "auto" while the disk serves them at 256 MiB/s or
 # more, "always", or "never".
 direct_reads = "auto"
 

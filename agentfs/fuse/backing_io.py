@@ -50,8 +50,8 @@ FLOOR_BYTES_PER_S = 1 << 30
 # Reads have no such yardstick: read buffered, they need the disk too, but
 # several requests at once (readahead) where a direct read waits for each.
 # The first direct reads of a file here run under 1 GB/s, later ones at
-# 1.2-2.8 GB/s. Below this, the device is one (a
-# spinning disk, a network volume) whose latency readahead hides.
+# 1.2-2.8 GB/s. Below this floor the device is one whose latency readahead
+# hides (a spinning disk, a network volume).
 READ_FLOOR_BYTES_PER_S = 256 << 20
 BACKOFF_S = 10.0
 # The moving average weighs each new direct write this much, and judges the
