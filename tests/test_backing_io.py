@@ -136,7 +136,7 @@ def test_a_slow_disk_sends_auto_back_to_buffered_writes_for_a_while(wfile):
 def test_a_single_stall_among_fast_direct_writes_is_forgiven(wfile):
     p, fd = wfile
     clock = Clock()
-    steps = iter([0.0003] * 8 + [0.01] + [0.0003] * 8)  # 3.5 GB/s, one 10 ms stall
+    steps = iter([0.0003] * MIN_SAMPLES + [0.01] + [0.0003] * 8)  # 3.5 GB/s, one 10 ms stall once judged
 
     class StepClock:
         def __init__(self) -> None:
@@ -149,11 +149,48 @@ def test_a_single_stall_among_fast_direct_writes_is_forgiven(wfile):
             return clock.t
 
     io = BackingIO("auto", clock=clock)
-    for i in range(17):
+    for i in range(MIN_SAMPLES + 9):
         io._clock = StepClock()
         assert io.write(fd, i * MIB, b"c" * MIB, i > 0) == (MIB, True)
         io._clock = clock
         assert io.wants_direct((i + 1) * MIB, MIB)
+
+
+def test_a_slow_disk_keeps_direct_writes_when_the_page_cache_was_slower_still(wfile):
+    p, fd = wfile
+    clock = Clock()
+
+    class Ticks:
+        """Each reading `step` seconds later: every write seems to take `step`."""
+
+        def __init__(self, step: float) -> None:
+            self.step = step
+
+        def __call__(self) -> float:
+            clock.t += self.step
+            return clock.t
+
+    size = STREAM_MIN
+    io = BackingIO("auto", clock=Ticks(0.001))  # 128 KiB a ms: 131 MB/s, under the floor
+    off = 0
+    for _ in range(MIN_SAMPLES):
+        assert io.write(fd, off, b"d" * size, off > 0) == (size, True)
+        off += size
+    assert not io.wants_direct(off, size)
+    io._clock = Ticks(0.002)  # and the page cache, tried meanwhile, at half that
+    state = True
+    for _ in range(MIN_SAMPLES):
+        n, state = io.write(fd, off, b"e" * size, state)
+        assert (n, state) == (size, False)
+        off += size
+    clock.t += BACKOFF_S
+    io._clock = Ticks(0.001)
+    for _ in range(MIN_SAMPLES + 8):  # judged again: slow, but not slower than the cache
+        assert io.wants_direct(off, size)
+        n, state = io.write(fd, off, b"f" * size, state)
+        assert (n, state) == (size, True)
+        off += size
+    assert io.wants_direct(off, size)
 
 
 def test_append_handles_never_go_direct(workdir: Path):

@@ -67,7 +67,7 @@ rules = []
 cache_seconds = 60
 # Large block-aligned writes through write-only handles (dd, cp, tar) go to
 # disk directly (O_DIRECT) instead of through the page cache: "auto" while
-# the disk takes them at 1 GB/s or more, "always", or "never".
+# the disk takes them at 256 MiB/s or more, "always", or "never".
 direct_writes = "auto"
 # Large block-aligned reads through read-only handles (dd, cp, a program
 # streaming a big file) come from disk directly (O_DIRECT), leaving no second

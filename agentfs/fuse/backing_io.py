@@ -16,11 +16,12 @@ touch of such a page then costs a fault in the host), so:
   the writes' below (with `READ_FLOOR_BYTES_PER_S`); a large read that does
   not drops the backing pages it just served (POSIX_FADV_DONTNEED);
 - a large, block-aligned write goes to the backing file with O_DIRECT, from
-  one reused aligned buffer, while the disk takes such writes at least as
-  fast as memory would (`FLOOR_BYTES_PER_S`, a moving average over recent
-  direct writes: single writes stall now and then, 1 in 1,000 here). A
-  slower disk sends the mount back to buffered writes for `BACKOFF_S`, so a
-  slow disk keeps the page cache's write-behind and never holds the loop.
+  one reused aligned buffer, while the disk takes such writes at least at
+  `FLOOR_BYTES_PER_S` (a moving average over recent direct writes: single
+  writes stall now and then, 1 in 1,000 here). A slower disk sends the mount
+  back to buffered writes for `BACKOFF_S`, so a slow disk keeps the page
+  cache's write-behind and never holds the loop, unless the page cache was
+  measured slower still.
 
 Small or unaligned I/O, O_APPEND and O_DIRECT handles are untouched. Data
 and its durability are the same either way: a direct write is on the disk
@@ -44,20 +45,27 @@ log = logging.getLogger("agentfs.fuse")
 # window, and the smallest request a streaming writer (cp, dd, tar) sends.
 STREAM_MIN = 128 << 10
 ALIGN = 4096
-# A direct write slower than this takes longer than a copy into page cache on
-# any healthy machine: the disk is not keeping up, write-behind is better.
-FLOOR_BYTES_PER_S = 1 << 30
-# Reads have no such yardstick: read buffered, they need the disk too, but
-# several requests at once (readahead) where a direct read waits for each.
-# The first direct reads of a file here run under 1 GB/s, later ones at
-# 1.2-2.8 GB/s. Below this floor the device is one whose latency readahead
-# hides (a spinning disk, a network volume).
+# Under this, direct writes go back to the page cache's write-behind for a
+# while (`BACKOFF_S`), unless the page cache, tried during an earlier pause,
+# was slower still (`_Pace.judge_buffered`). It was 1 GB/s, taken for what a
+# copy into page cache costs on a healthy machine; on this VM that copy (into
+# fresh memory) runs at 330-430 MB/s, and direct writes that started at
+# 200-900 MB/s sent 4 of 6 runs of a 1 GiB write to it (2.5-3.1 s instead
+# of 0.6-0.9 s). With 256 MiB/s and judging after 128 MiB: 1 of 8.
+FLOOR_BYTES_PER_S = 256 << 20
+# Reads: read buffered, they need the disk too, but several requests at once
+# (readahead) where a direct read waits for each. The first direct reads of
+# a file here run under 1 GB/s, later ones at 1.2-2.8 GB/s. Below this floor
+# the device is one whose latency readahead hides (a spinning disk, a
+# network volume).
 READ_FLOOR_BYTES_PER_S = 256 << 20
 BACKOFF_S = 10.0
-# The moving average weighs each new direct write this much, and judges the
-# disk only after this many (a file's first writes allocate its blocks).
+# The moving average weighs each new direct transfer this much (after a plain
+# mean of the first ones), and judges the disk only after this many: a new
+# file's first writes allocate its blocks, and the first few here can take
+# ms each; judged after 4, they alone sent whole 1 GiB writes to the cache.
 WEIGHT = 1 / 32
-MIN_SAMPLES = 4
+MIN_SAMPLES = 128
 
 
 class _Pace:
@@ -71,6 +79,10 @@ class _Pace:
         self.paused_until = 0.0
         self.sec_per_byte = 0.0
         self.samples = 0
+        # The same of the large buffered writes made while paused: on this
+        # VM they can be slower than a slow disk (fresh page-cache memory).
+        self.buffered_sec_per_byte = 0.0
+        self.buffered_samples = 0
 
     def allows(self, mode: str, off: int, size: int, min_size: int = STREAM_MIN) -> bool:
         if mode == "never" or size < min_size or (off | size) & (ALIGN - 1):
@@ -84,14 +96,23 @@ class _Pace:
 
     def judge(self, sec_per_byte: float) -> None:
         self.samples += 1
-        if self.samples == 1:
-            self.sec_per_byte = sec_per_byte
-        else:
-            self.sec_per_byte += (sec_per_byte - self.sec_per_byte) * WEIGHT
-        if self.samples >= MIN_SAMPLES and self.sec_per_byte * self.floor > 1:
-            self.paused, self.paused_until = True, self.clock() + BACKOFF_S
-            log.info("direct %s at %.0f MB/s, below %.0f: buffered %s for %.0f s", self.kind,
-                     1 / self.sec_per_byte / 1e6, self.floor / 1e6, self.kind, BACKOFF_S)
+        # The plain mean of the first samples, then a moving average: weighing
+        # each new sample 1/32 from the second on let the first (a new file's
+        # blocks being allocated) decide alone whether to pause.
+        self.sec_per_byte += (sec_per_byte - self.sec_per_byte) * max(WEIGHT, 1 / self.samples)
+        if self.samples < MIN_SAMPLES or self.sec_per_byte * self.floor <= 1:
+            return
+        if self.buffered_samples >= MIN_SAMPLES and self.buffered_sec_per_byte >= self.sec_per_byte:
+            return  # slow, but the page cache was slower still when last tried
+        self.paused, self.paused_until = True, self.clock() + BACKOFF_S
+        log.info("direct %s at %.0f MB/s, below %.0f: buffered %s for %.0f s", self.kind,
+                 1 / self.sec_per_byte / 1e6, self.floor / 1e6, self.kind, BACKOFF_S)
+
+    def judge_buffered(self, sec_per_byte: float) -> None:
+        """A large buffered transfer made while paused took this long a byte."""
+        self.buffered_samples += 1
+        self.buffered_sec_per_byte += ((sec_per_byte - self.buffered_sec_per_byte)
+                                       * max(WEIGHT, 1 / self.buffered_samples))
 
 
 class BackingIO:
@@ -189,7 +210,13 @@ class BackingIO:
             if fd_direct:
                 _set_direct(fd, False)
             self.buffered_writes += 1
-            return os.pwrite(fd, data, off), False
+            if not self._writes.paused or len(data) < STREAM_MIN:
+                return os.pwrite(fd, data, off), False
+            t0 = self._clock()
+            n = os.pwrite(fd, data, off)
+            if n == len(data):
+                self._writes.judge_buffered((self._clock() - t0) / n)
+            return n, False
         if not fd_direct:
             if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_APPEND:  # the offset is the end, maybe unaligned
                 return os.pwrite(fd, data, off), None
