@@ -104,8 +104,8 @@ class _Batch:
 
 
 _DETAILS = audit_journal.compact_json(sort_keys=True, default=str)
-# The journal line's encoder, for `AuditLog.change`.
-_LINE = audit_journal.compact_json()
+# The journal line's encoder (audit_journal's own), bound here for `AuditLog.change`.
+_LINE = audit_journal.COMPACT
 
 
 def _details_json(details: dict | None) -> str | None:

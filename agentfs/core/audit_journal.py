@@ -68,7 +68,9 @@ def compact_json(sort_keys: bool = False, default: Any = None) -> Callable[[Any]
     return encode
 
 
-_COMPACT = compact_json()
+# The compact encoder the audit shares: journal lines, and the bytes a
+# record's hash covers (audit_chain), are encoded with this one object.
+COMPACT = compact_json()
 
 
 @dataclass
@@ -221,7 +223,7 @@ def _line(e: Entry) -> bytes:
 
 def line_of(n: int, r: store.NewRecord, daemon_id: str, handle_add: int | None, handle_del: int | None) -> bytes:
     """The journal line of entry `n` (what `read_entries` reads back)."""
-    return (_COMPACT([n, r.ts_ns, r.agent, r.uid, r.pid, r.op, r.path, r.new_path, r.result, r.details,
+    return (COMPACT([n, r.ts_ns, r.agent, r.uid, r.pid, r.op, r.path, r.new_path, r.result, r.details,
                       daemon_id, handle_add, handle_del]) + "\n").encode("ascii")
 
 

@@ -1,10 +1,10 @@
 """Hybrid ranking: BM25 (FTS5) and vector KNN (sqlite-vec), fused by normalised scores.
 
 Both lists score chunks. Each list's scores are scaled from the retriever's
-floor to its best candidate, a file takes its best chunk's score in each, and the fused
-score is their mean (a convex combination with equal weights). The same
-function serves the sidecar, the CLI's direct fallback and the benchmark, so
-what is measured is what users get.
+floor to its best candidate, a file takes its best chunk's score in each,
+and the fused score is their mean (a convex combination with equal
+weights). The same function serves the sidecar, the CLI's direct fallback
+and the benchmark, so what is measured is what users get.
 """
 
 from __future__ import annotations
@@ -182,8 +182,9 @@ def _fuse(db: IndexDB, bm: list[tuple[int, float]], vec: list[tuple[int, float]]
     al. (2023). Unlike rank fusion it keeps how much better the first
     candidates are than the rest, which matters when one retriever is sure
     and the other is not: on SciFact it scores about 0.019 nDCG@10 higher
-    than RRF over the same lists (see README.md, Search). Normalising after filtering means a file the caller may
-    not read never shifts the scores of the ones it sees. The snippet is the
+    than RRF over the same lists (see README.md, Search). Normalising after
+    filtering means a file the caller may not read never shifts the scores
+    of the ones it sees. The snippet is the
     file's chunk with the best fused chunk score: the passage both like most.
     """
     ids = list(dict.fromkeys([cid for cid, _ in bm] + [cid for cid, _ in vec]))
