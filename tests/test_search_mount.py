@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import mmap
 import os
 import subprocess
 from pathlib import Path
@@ -84,6 +85,21 @@ def test_search_dir_lists_ranked_relative_symlinks_and_results(searchable, users
     assert (qdir / link).read_text().startswith("# Uploads")
     results = (qdir / "results.md").read_text()
     assert "/research/uploads.md" in results and "score" in results
+
+
+def test_results_md_shows_its_real_size_so_size_trusting_readers_get_it_all(searchable):
+    ws, m = searchable
+    f = m.path / ".search" / QUERY / "results.md"
+    data = f.read_bytes()
+    assert len(data) > 0 and os.stat(f).st_size == len(data)
+    fd = os.open(f, os.O_RDONLY)
+    try:
+        with mmap.mmap(fd, 0, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ) as mm:
+            assert mm[:] == data
+    finally:
+        os.close(fd)
+    whoami = m.path / ".agentfs" / "whoami"
+    assert os.stat(whoami).st_size == 0 and whoami.read_text().startswith("agent:")
 
 
 def test_search_never_shows_a_file_the_caller_may_not_read(searchable, users):

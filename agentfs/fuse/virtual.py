@@ -1,8 +1,10 @@
 """Virtual entries on the mount: `.agentfs/` (whoami, locks) and `.search/`.
 
-They are read-only and answered per caller: content is produced when a file
-is opened (read() carries no caller) and every entry gets a zero cache
-timeout, since two agents looking at the same name see different things.
+They are read-only and answered per caller, and every entry gets a zero
+cache timeout, since two agents looking at the same name see different
+things. `.agentfs/` files are rendered when opened (read() carries no
+caller), so like /proc files they show a size of 0; a query's `results.md`
+is built with its listing and shows its real size.
 Searching never blocks the FUSE loop: the daemon awaits the sidecar over a
 socket, and results are cached briefly per (agent, query).
 """
@@ -48,6 +50,9 @@ class VNode:
     query: str | None = None
     target: bytes | None = None  # symlinks
     render: Callable[[Caller], Any] | None = None  # files: async content producer
+    # A file whose content is known before it is opened (results.md): its real
+    # size is shown, so tools that trust st_size (mmap, head -c) see it all.
+    data: bytes | None = None
 
 
 @dataclass(eq=False)
@@ -119,6 +124,8 @@ class VirtualTree:
         else:
             e.st_mode = stat_mod.S_IFREG | 0o444
             e.st_nlink = 1
+            if node.data is not None:
+                size = len(node.data)
         e.st_size = size
         e.st_blksize = 4096
         now = time.time_ns()
@@ -173,13 +180,13 @@ class VirtualTree:
 
     async def open(self, ino: int, flags: int, caller: Caller, new_fh: Callable[[Any], int]) -> pyfuse3.FileInfo:
         node = self._nodes.get(ino)
-        if node is None or node.render is None:
+        if node is None or (node.render is None and node.data is None):
             raise pyfuse3.FUSEError(errno.EISDIR if node is not None else errno.ENOENT)
         if (flags & os.O_ACCMODE) != os.O_RDONLY or flags & os.O_TRUNC:
             raise pyfuse3.FUSEError(errno.EROFS)
-        data = await node.render(caller)
+        data = node.data if node.data is not None else await node.render(caller)
         fh = new_fh(VFileHandle(data if isinstance(data, bytes) else data.encode()))
-        # direct_io: the size we report (0) must not cut reads short.
+        # direct_io: a size of 0 (files rendered per open) must not cut reads short.
         return pyfuse3.FileInfo(fh=fh, direct_io=True, keep_cache=False)
 
     async def read(self, h: Any, off: int, size: int) -> bytes:
@@ -255,7 +262,7 @@ class VirtualTree:
             lines.append("No results.")
         text = "\n".join(lines) + "\n"
         results = self._node(("results", caller.agent, qnode.query), stat_mod.S_IFREG, "results.md", qnode.ino)
-        results.render = lambda _c, t=text: _const(t)
+        results.data = text.encode()
         return children + [results]
 
     async def _hits(self, caller: Caller, query: str) -> tuple[list[Any], str]:
@@ -302,6 +309,3 @@ class VirtualTree:
         except Denied as e:
             raise pyfuse3.FUSEError(e.errno) from None
 
-
-async def _const(text: str) -> str:
-    return text
