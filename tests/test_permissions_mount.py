@@ -494,6 +494,31 @@ def test_hard_link_of_an_own_file_into_a_more_permissive_area_is_refused(env):
     assert "alice" in json.dumps(recs[-1]["details"])
 
 
+def test_moving_a_second_name_of_a_file_into_a_more_permissive_area_is_refused_as_a_link(env):
+    """The file stays under its first name, so the move is a link: the same rule holds."""
+    bob = env.bob
+    bob.ok("open(p, 'w').write('bob only')", p=env.p("bob/orig.txt"))
+    bob.ok("os.link(a, b)", a=env.p("bob/orig.txt"), b=env.p("bob/second.txt"))
+    assert bob.err("os.rename(a, b)", a=env.p("bob/second.txt"), b=env.p("shared/second.txt")) == "EACCES"
+    # ... also inside a folder moved along
+    bob.ok("os.mkdir(d)", d=env.p("bob/box"))
+    bob.ok("os.link(a, b)", a=env.p("bob/orig.txt"), b=env.p("bob/box/third.txt"))
+    assert bob.err("os.rename(a, b)", a=env.p("bob/box"), b=env.p("shared/box")) == "EACCES"
+    assert not env.data("shared/second.txt").exists() and not env.data("shared/box").exists()
+    assert env.data("bob/orig.txt").stat().st_nlink == 3
+    recs = wait_for(lambda: [r for r in audit(env, "--agent", "bob") if r["op"] == "rename"
+                             and r["result"] == "EACCES" and "would gain" in json.dumps(r["details"])],
+                    what="the refused renames in the audit log")
+    assert {r["path"] for r in recs} >= {"/bob/second.txt", "/bob/box/third.txt"}
+    # moving the only other name (or within the area) stays allowed
+    bob.ok("os.rename(a, b)", a=env.p("bob/box/third.txt"), b=env.p("bob/third.txt"))
+    bob.ok("os.rename(a, b)", a=env.p("bob/box"), b=env.p("shared/box"))
+    bob.ok("os.unlink(a)", a=env.p("bob/second.txt"))
+    bob.ok("os.unlink(a)", a=env.p("bob/third.txt"))
+    bob.ok("os.rename(a, b)", a=env.p("bob/orig.txt"), b=env.p("shared/orig.txt"))
+    assert env.data("shared/orig.txt").read_text() == "bob only"
+
+
 def test_rename_of_a_private_or_undeletable_file_into_an_open_area_is_refused(env):
     bob = env.bob
     assert bob.err("os.rename(a, b)", a=env.p("alice/secret.txt"), b=env.p("shared/x.txt")) == "ENOENT"

@@ -57,8 +57,12 @@ class OpenGovernor:
     def require(self, caller: Caller, op: str, path: str, rights: str) -> None:
         """Raise Denied unless `caller` holds every right letter in `rights` on `path`."""
 
-    def check_link(self, caller: Caller, src_path: str, new_path: str) -> None:
-        """Raise Denied if a hard link would carry a file where someone gains rights on it."""
+    def check_link(self, caller: Caller, src_path: str, new_path: str, op: str = "link") -> None:
+        """Raise Denied if a hard link would carry a file where someone gains rights on it.
+
+        `op` "rename": renaming one name of a file with others is a link as
+        far as this goes (the file stays under its other names).
+        """
 
     def timeout(self, path: str, strict: bool = False) -> float:
         """Kernel entry/attr cache time for `path`: 0 where agents see it differently.

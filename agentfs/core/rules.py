@@ -136,11 +136,11 @@ class WorkspaceGovernor:
                 self._deny(caller, op, top, errno.EACCES, {"need": "rd", "have": have.fixed(), "inside": p})
                 raise Denied(errno.EACCES, f"{caller.agent} may not move {p} along with {top}")
 
-    def check_link(self, caller: Caller, src_path: str, new_path: str) -> None:
+    def check_link(self, caller: Caller, src_path: str, new_path: str, op: str = "link") -> None:
         """A hard link must not give anyone more rights on the file than its old name did."""
         agent = self.holder.current.link_leak(src_path, new_path)
         if agent is not None:
-            self._deny(caller, "link", src_path, errno.EACCES,
+            self._deny(caller, op, src_path, errno.EACCES,
                        {"reason": f"{agent} would gain rights", "new_path": new_path})
             raise Denied(errno.EACCES, f"a link at {new_path} would give {agent} more rights")
 

@@ -27,7 +27,7 @@ from agentfs.fuse.ops_xattrs import XattrOps
 from agentfs.fuse.requests import AT_FDCWD, SUID_SGID, check_name, handler, log
 from agentfs.fuse.setid import drop_setid
 from agentfs.store.backing import join, proc_path, renameat2, utimensat
-from agentfs.store.walk import paths_below
+from agentfs.store.walk import walk_below
 
 
 class Operations(FileOps, DirOps, XattrOps, pyfuse3.Operations):
@@ -423,9 +423,16 @@ class Operations(FileOps, DirOps, XattrOps, pyfuse3.Operations):
         if check_subtree is not None:
             # A moved folder carries everything in it to where rights may differ.
             if stat_mod.S_ISDIR(src.st_mode):
-                check_subtree(caller, "rename", path_old, paths_below(ofd, no, path_old))
+                self._check_moved_folder(caller, ofd, no, path_old, path_new)
             if exchange and dst is not None and stat_mod.S_ISDIR(dst.st_mode):
-                check_subtree(caller, "rename", path_new, paths_below(nfd, nn, path_new))
+                self._check_moved_folder(caller, nfd, nn, path_new, path_old)
+        # A file with other names stays under them: moving one name is a link
+        # (unless the new name is already one of them: then rename does nothing).
+        same = dst is not None and (src.st_dev, src.st_ino) == (dst.st_dev, dst.st_ino)
+        if not stat_mod.S_ISDIR(src.st_mode) and src.st_nlink > 1 and not same:
+            self.gov.check_link(caller, path_old, path_new, "rename")
+        if exchange and dst is not None and not stat_mod.S_ISDIR(dst.st_mode) and dst.st_nlink > 1:
+            self.gov.check_link(caller, path_new, path_old, "rename")
         await self.gov.lock_wait(caller, path_old, Access.DELETE, subtree=stat_mod.S_ISDIR(src.st_mode),
                                  wait=False)
         if dst is not None:
@@ -448,6 +455,15 @@ class Operations(FileOps, DirOps, XattrOps, pyfuse3.Operations):
                 self._forget_below(self.inodes.child(parent_new if where == path_new else parent_old,
                                                            nn if where == path_new else no))
         await self.gov.record(caller, "exchange" if exchange else "rename", path_old, path_new)
+
+    def _check_moved_folder(self, caller: Caller, dfd: int, name: str, path: str, to: str) -> None:
+        """The caller needs r and d on everything inside; and a file inside with
+        other names (elsewhere) must not gain readers by the move, as for a link."""
+        below = list(walk_below(dfd, name, path, links=True))
+        self.gov.require_subtree(caller, "rename", path, (p for p, _ in below))
+        for p, nlink in below:
+            if nlink > 1:
+                self.gov.check_link(caller, p, to + p[len(path):], "rename")
 
     def _forget_below(self, node: Inode | None) -> None:
         """Drop the kernel's entries under a folder that moved, and cache them strictly from now on.

@@ -10,9 +10,16 @@ from agentfs.store.backing import join
 
 
 def paths_below(dir_fd: int, name: str, path: str) -> Iterator[str]:
-    """Every path inside a backing folder, depth first, never following a symlink.
+    """Every path inside a backing folder, depth first, never following a symlink."""
+    return (p for p, _ in walk_below(dir_fd, name, path))
 
-    Holds one descriptor per level (not per folder seen), so a wide tree cannot exhaust them.
+
+def walk_below(dir_fd: int, name: str, path: str, links: bool = False) -> Iterator[tuple[str, int]]:
+    """(path, link count) of everything inside a backing folder, depth first, never following a symlink.
+
+    The link count is that of non-folders when `links` is asked (a stat
+    each), else 0. Holds one descriptor per level (not per folder seen), so a
+    wide tree cannot exhaust them.
     """
     flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
     stack: list[tuple[int, str, Any]] = []
@@ -36,8 +43,13 @@ def paths_below(dir_fd: int, name: str, path: str) -> Iterator[str]:
                 os.close(fd)
                 continue
             p = join(dpath, entry.name)
-            yield p
-            if entry.is_dir(follow_symlinks=False):
+            is_dir = entry.is_dir(follow_symlinks=False)
+            nlink = 0
+            if links and not is_dir:
+                with contextlib.suppress(FileNotFoundError):
+                    nlink = entry.stat(follow_symlinks=False).st_nlink
+            yield p, nlink
+            if is_dir:
                 with contextlib.suppress(FileNotFoundError, NotADirectoryError):  # gone or swapped meanwhile
                     enter(fd, entry.name, p)
     finally:
