@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import time
 from pathlib import Path
 from typing import Any
@@ -41,17 +42,28 @@ def mounts(ws: Workspace) -> list[dict[str, Any]]:
         except (OSError, ValueError):
             continue
         entry = seen.setdefault(info["mountpoint"], {"mountpoint": info["mountpoint"], "mounted": False})
-        entry.update(pid=info.get("pid"), agent=info.get("agent"), started=info.get("started"))
+        entry.update(pid=info.get("pid"), agent=info.get("agent"), started=info.get("started"),
+                     bare=bool(info.get("bare")))
     for entry in seen.values():
         pid = entry.get("pid")
         entry["daemon_alive"] = bool(pid) and _alive(pid)
         entry["stale"] = entry["mounted"] and is_stale(Path(entry["mountpoint"]))
         if entry["stale"] or (entry["mounted"] and not entry["daemon_alive"]):
-            entry["problem"] = (f"stale mount (daemon gone): run `agentfs mount {ws.root} {entry['mountpoint']}` "
-                                f"to recover it, or `agentfs umount --lazy {entry['mountpoint']}`")
+            entry["problem"] = (f"stale mount (daemon gone): run `{_remount(ws, entry)}` "
+                                f"to recover it, or `agentfs umount --lazy {shlex.quote(entry['mountpoint'])}`")
         elif not entry["mounted"] and entry["daemon_alive"]:
             entry["problem"] = "daemon alive but not mounted: stop it, then mount again"
     return list(seen.values())
+
+
+def _remount(ws: Workspace, entry: dict[str, Any]) -> str:
+    """The command that mounts it again as it was: a dedicated mount keeps its agent."""
+    cmd = ["agentfs", "mount", str(ws.root), entry["mountpoint"]]
+    if entry.get("agent"):
+        cmd += ["--agent", entry["agent"]]
+    if entry.get("bare"):
+        cmd.append("--bare")
+    return shlex.join(cmd)
 
 
 def gather(ws: Workspace) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from agentfs.fuse.mounting import is_stale
-from conftest import AGENTFS, mounted, run, wait_for
+from conftest import AGENTFS, OPEN_POLICY, make_workspace, mounted, run, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -48,6 +49,25 @@ def test_status_healthy_then_dead_daemon_then_recovered(ws, workdir):
             assert (mnt / "f").read_text() == "x"
             rc, st = status(ws)
             assert rc == 0 and st["mounts"][0]["pid"] == m2.pid
+
+
+def test_status_tells_how_to_remount_a_dedicated_mount_with_its_agent(workdir):
+    ws = make_workspace(workdir, OPEN_POLICY + '\n[agents.solo]\nrules = [{ path = "/**", allow = "r" }]\n')
+    mnt = workdir / "mnt"
+    with mounted(ws, mnt, "--agent", "solo") as m:
+        os.kill(m.pid, signal.SIGKILL)
+        wait_for(lambda: not m.alive(), what="daemon death")
+        rc, st = status(ws)
+        problem = st["mounts"][0]["problem"]
+        cmd = shlex.split(problem.split("`")[1])
+        assert cmd[:2] == ["agentfs", "mount"] and cmd[-2:] == ["--agent", "solo"], problem
+        r = run([AGENTFS, *cmd[1:]], check=False)
+        assert r.returncode == 0, r.stderr
+        try:
+            who = json.loads(run([AGENTFS, "whoami", "--json", str(mnt)]).stdout)
+            assert who["agent"] == "solo"
+        finally:
+            run(["fusermount3", "-u", str(mnt)], check=False)
 
 
 def test_units_pass_systemd_analyze_verify(tmp_path):
