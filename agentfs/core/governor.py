@@ -57,6 +57,10 @@ class OpenGovernor:
     def require(self, caller: Caller, op: str, path: str, rights: str) -> None:
         """Raise Denied unless `caller` holds every right letter in `rights` on `path`."""
 
+    def may_read(self, caller: Caller, path: str) -> bool:
+        """Whether `caller` has `r` on `path`; nothing is recorded (for answers that just show less)."""
+        return True
+
     def check_link(self, caller: Caller, src_path: str, new_path: str, op: str = "link") -> None:
         """Raise Denied if a hard link would carry a file where someone gains rights on it.
 

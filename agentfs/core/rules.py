@@ -116,6 +116,9 @@ class WorkspaceGovernor:
             self._deny(caller, op, path, errno.EACCES, {"reason": "runaway cooling-off"})
             raise Denied(errno.EACCES, f"{caller.agent} is cooling off after a runaway")
 
+    def may_read(self, caller: Caller, path: str) -> bool:
+        return not self.policy_on or Rights.R in self.holder.current.rights(caller.agent, path)
+
     def hidden(self, caller: Caller, op: str, path: str) -> None:
         """Record that a caller named an existing path it may not see (it is answered ENOENT)."""
         have = self.holder.current.rights(caller.agent, path)

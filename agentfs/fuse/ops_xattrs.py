@@ -38,8 +38,11 @@ class XattrOps:
         caller = self._caller(ctx)
         if not self.gov.visible(caller, path):
             raise pyfuse3.FUSEError(errno.ENOENT)
-        self.gov.require(caller, "getxattr", path, "r")
+        # Names other than user.* are answered alike for everyone (before the
+        # rights check): `ls -l` asks security.selinux of folders an agent
+        # sees only because they lead to its paths, and must not hear EACCES.
         node, target = self._xattr_target(inode, name, reading=True)
+        self.gov.require(caller, "getxattr", path, "r")
         if node.kind == stat_mod.S_IFLNK:
             raise pyfuse3.FUSEError(pyfuse3.ENOATTR)
         return os.getxattr(target, os.fsdecode(name))
@@ -53,8 +56,10 @@ class XattrOps:
         caller = self._caller(ctx)
         if not self.gov.visible(caller, path):
             raise pyfuse3.FUSEError(errno.ENOENT)
-        self.gov.require(caller, "listxattr", path, "r")  # names are content too, as for getxattr
-        if node.kind == stat_mod.S_IFLNK:
+        # Names are content too: without `r` there are none to show, as a
+        # listing shows only the entries one may see (not an error: `ls -l`
+        # asks this of every folder on the way to an agent's own).
+        if node.kind == stat_mod.S_IFLNK or not self.gov.may_read(caller, path):
             return []
         names = os.listxattr(proc_path(self._fd(node)))
         return [os.fsencode(n) for n in names if n.startswith("user.")]
