@@ -96,6 +96,16 @@ def test_parse_time():
     assert parse_time("2026-01-02T03:04:05Z") == 1767323045 * 10**9
     with pytest.raises(AgentfsError):
         parse_time("yesterday-ish")
+    # beyond what a record's time can hold: the ends of the range, not an overflow
+    assert parse_time("99999999999d", now) == -(1 << 63)
+    assert parse_time("0001-01-01") == -(1 << 63)
+    assert parse_time("9999-12-31") == (1 << 63) - 1
+
+
+def test_audit_answers_out_of_range_times_and_limits_without_a_traceback(ws):
+    for args in (["--since", "99999999999d"], ["--until", "0001-01-01"], ["--limit", "9" * 30]):
+        r = run([AGENTFS, "audit", "-w", str(ws.root), *args], check=False)
+        assert r.returncode == 0 and "Traceback" not in r.stderr, (args, r.stderr)
 
 
 async def test_archive_command_moves_old_records_and_verify_still_passes(ws):

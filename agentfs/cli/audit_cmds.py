@@ -21,6 +21,8 @@ from agentfs.store import db
 _REL = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h|d|w)\s*$")
 _UNIT = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "d": 86400, "w": 604800}
 FOLLOW_INTERVAL = 0.2
+# Times are stored as signed 64-bit nanoseconds: "99999d ago" means "from the start".
+_NS_MIN, _NS_MAX = -(1 << 63), (1 << 63) - 1
 
 
 def parse_time(text: str, now_ns: int | None = None) -> int:
@@ -28,15 +30,19 @@ def parse_time(text: str, now_ns: int | None = None) -> int:
     now_ns = time.time_ns() if now_ns is None else now_ns
     m = _REL.match(text)
     if m:
-        return now_ns - int(float(m.group(1)) * _UNIT[m.group(2)] * 1e9)
+        ago = float(m.group(1)) * _UNIT[m.group(2)] * 1e9
+        return max(_NS_MIN, now_ns - int(min(ago, 2.0 ** 64)))
     try:
         t = _dt.datetime.fromisoformat(text.strip())
     except ValueError:
         raise AgentfsError(f"cannot read the time {text!r}: use 10m, 2h, 3d or an ISO time "
                            "like 2026-11-24T09:30") from None
     if t.tzinfo is None:
-        t = t.astimezone()
-    return int(t.timestamp() * 1e9)
+        try:
+            t = t.astimezone()
+        except (ValueError, OverflowError, OSError):  # at the ends of the calendar a zone changes nothing
+            t = t.replace(tzinfo=_dt.timezone.utc)
+    return min(_NS_MAX, max(_NS_MIN, int(t.timestamp() * 1e9)))
 
 
 def iso(ts_ns: int) -> str:
@@ -85,7 +91,8 @@ _HEADER = (f"{'SEQ':>7}  {'TIME':<23}  {'AGENT':<14} {'UID':>6} {'PID':>7}  {'OP
 @click.option("--op", default=None, help="Only these operations (comma-separated: write,unlink,rename).")
 @click.option("--since", default=None, help="From this time: 10m, 2h, 3d ago or an ISO time.")
 @click.option("--until", default=None, help="Up to this time (same forms).")
-@click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the newest N matches.")
+@click.option("--limit", type=click.IntRange(min=1, max=(1 << 63) - 1, clamp=True), default=None,
+              help="Only the newest N matches.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new records as any daemon writes them.")
 @workspace_option

@@ -23,7 +23,7 @@ from typing import Any
 import pyfuse3
 import trio
 
-from agentfs.errors import MountError
+from agentfs.errors import AgentfsError, MountError
 from agentfs.workspace import FSNAME_PREFIX, Workspace
 
 log = logging.getLogger(__name__)
@@ -244,6 +244,13 @@ def main(argv: list[str] | None = None) -> int:
         disable = frozenset(x for x in a.disable.split(",") if x)
         spec = MountSpec(Workspace.open(a.workspace), Path(a.mountpoint), a.agent, a.bare, a.debug, disable)
         return serve(spec, a.ready_fd)
+    except AgentfsError as e:
+        # A problem the user can fix: its one line reaches whoever started us
+        # (_report); the log file keeps it too, without a traceback.
+        _report(a.ready_fd, f"ERROR {e}")
+        if a.log_file:
+            log.error("daemon failed to start: %s", e)
+        return 1
     except Exception as e:
         _report(a.ready_fd, f"ERROR {e}")
         log.exception("daemon failed to start")
