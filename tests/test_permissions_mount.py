@@ -501,29 +501,53 @@ def test_hard_link_of_an_own_file_into_a_more_permissive_area_is_refused(env):
     assert "alice" in json.dumps(recs[-1]["details"])
 
 
-def test_moving_a_second_name_of_a_file_into_a_more_permissive_area_is_refused_as_a_link(env):
-    """The file stays under its first name, so the move is a link: the same rule holds."""
+def test_moving_one_name_of_a_linked_file_where_rights_differ_is_exdev_so_mv_copies(env):
+    """The file stays under its other names, so such a move would change who reaches it."""
     bob = env.bob
     bob.ok("open(p, 'w').write('bob only')", p=env.p("bob/orig.txt"))
     bob.ok("os.link(a, b)", a=env.p("bob/orig.txt"), b=env.p("bob/second.txt"))
-    assert bob.err("os.rename(a, b)", a=env.p("bob/second.txt"), b=env.p("shared/second.txt")) == "EACCES"
+    assert bob.err("os.rename(a, b)", a=env.p("bob/second.txt"), b=env.p("shared/second.txt")) == "EXDEV"
     # ... also inside a folder moved along
     bob.ok("os.mkdir(d)", d=env.p("bob/box"))
     bob.ok("os.link(a, b)", a=env.p("bob/orig.txt"), b=env.p("bob/box/third.txt"))
-    assert bob.err("os.rename(a, b)", a=env.p("bob/box"), b=env.p("shared/box")) == "EACCES"
+    assert bob.err("os.rename(a, b)", a=env.p("bob/box"), b=env.p("shared/box")) == "EXDEV"
     assert not env.data("shared/second.txt").exists() and not env.data("shared/box").exists()
     assert env.data("bob/orig.txt").stat().st_nlink == 3
     recs = wait_for(lambda: [r for r in audit(env, "--agent", "bob") if r["op"] == "rename"
-                             and r["result"] == "EACCES" and "would gain" in json.dumps(r["details"])],
+                             and r["result"] == "EXDEV" and "other names" in json.dumps(r["details"])],
                     what="the refused renames in the audit log")
     assert {r["path"] for r in recs} >= {"/bob/second.txt", "/bob/box/third.txt"}
-    # moving the only other name (or within the area) stays allowed
+    # within the area, or once the file has one name, a move is a move
     bob.ok("os.rename(a, b)", a=env.p("bob/box/third.txt"), b=env.p("bob/third.txt"))
     bob.ok("os.rename(a, b)", a=env.p("bob/box"), b=env.p("shared/box"))
     bob.ok("os.unlink(a)", a=env.p("bob/second.txt"))
     bob.ok("os.unlink(a)", a=env.p("bob/third.txt"))
     bob.ok("os.rename(a, b)", a=env.p("bob/orig.txt"), b=env.p("shared/orig.txt"))
     assert env.data("shared/orig.txt").read_text() == "bob only"
+
+
+def test_a_shared_file_bob_also_linked_does_not_follow_alice_into_her_area(env):
+    """alice moves a shared file home: with bob's second name on it, `mv` makes her a private copy."""
+    env.alice.ok("open(p, 'w').write('draft')", p=env.p("shared/doc.txt"))
+    env.alice.ok("os.chmod(p, 0o666)", p=env.p("shared/doc.txt"))  # protected_hardlinks: bob may link it
+    env.bob.ok("os.link(a, b)", a=env.p("shared/doc.txt"), b=env.p("bob/doc.txt"))
+    assert env.alice.err("os.rename(a, b)", a=env.p("shared/doc.txt"), b=env.p("alice/doc.txt")) == "EXDEV"
+    mv = run(["mv", env.p("shared/doc.txt"), env.p("alice/doc.txt")], user=ALICE, check=False)
+    assert mv.returncode == 0, mv.stderr
+    env.alice.ok("open(p, 'w').write('alice private')", p=env.p("alice/doc.txt"))
+    assert env.bob.ok(READ, p=env.p("bob/doc.txt")) == "draft"
+    assert env.data("alice/doc.txt").stat().st_nlink == 1
+
+
+def test_a_file_reached_through_a_second_name_is_judged_by_it_after_the_first_is_gone(env):
+    """The first name's "(deleted)" text must not stand in for the name left."""
+    bob = env.bob
+    bob.ok("open(p, 'w').write('v1')", p=env.p("bob/y.txt"))
+    bob.ok("os.link(a, b)", a=env.p("bob/y.txt"), b=env.p("rc/y.txt"))  # bob may not write in /rc
+    bob.ok("os.unlink(a)", a=env.p("bob/y.txt"))
+    assert bob.err("open(p, 'a').write('more')", p=env.p("rc/y.txt")) == "EACCES"
+    assert env.data("rc/y.txt").read_text() == "v1"
+    assert not any("(deleted)" in (r["path"] or "") for r in audit(env))
 
 
 def test_rename_of_a_private_or_undeletable_file_into_an_open_area_is_refused(env):

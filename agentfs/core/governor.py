@@ -61,11 +61,16 @@ class OpenGovernor:
         """Whether `caller` has `r` on `path`; nothing is recorded (for answers that just show less)."""
         return True
 
-    def check_link(self, caller: Caller, src_path: str, new_path: str, op: str = "link") -> None:
-        """Raise Denied if a hard link would carry a file where someone gains rights on it.
+    def check_link(self, caller: Caller, src_path: str, new_path: str) -> None:
+        """Raise Denied if a hard link would carry a file where someone gains rights on it."""
 
-        `op` "rename": renaming one name of a file with others is a link as
-        far as this goes (the file stays under its other names).
+    def check_linked_move(self, caller: Caller, src_path: str, new_path: str) -> None:
+        """Raise Denied(EXDEV) if moving one name of a file that has others changes anyone's rights.
+
+        The file stays under its other names, so such a move would either
+        open it to new readers or leave it open to old ones where its mover
+        thinks it private. EXDEV makes `mv` copy instead: the copy is a new
+        file, and the other names keep the old one.
         """
 
     def timeout(self, path: str, strict: bool = False) -> float:

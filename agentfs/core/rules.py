@@ -139,11 +139,20 @@ class WorkspaceGovernor:
                 self._deny(caller, op, top, errno.EACCES, {"need": "rd", "have": have.fixed(), "inside": p})
                 raise Denied(errno.EACCES, f"{caller.agent} may not move {p} along with {top}")
 
-    def check_link(self, caller: Caller, src_path: str, new_path: str, op: str = "link") -> None:
+    def check_linked_move(self, caller: Caller, src_path: str, new_path: str) -> None:
+        policy = self.holder.current
+        agent = policy.link_leak(src_path, new_path) or policy.link_leak(new_path, src_path)
+        if agent is not None:
+            self._deny(caller, "rename", src_path, errno.EXDEV,
+                       {"reason": f"a file with other names; {agent}'s rights would differ", "new_path": new_path})
+            raise Denied(errno.EXDEV, f"moving {src_path} to {new_path} would change {agent}'s rights "
+                                      "on a file with other names")
+
+    def check_link(self, caller: Caller, src_path: str, new_path: str) -> None:
         """A hard link must not give anyone more rights on the file than its old name did."""
         agent = self.holder.current.link_leak(src_path, new_path)
         if agent is not None:
-            self._deny(caller, op, src_path, errno.EACCES,
+            self._deny(caller, "link", src_path, errno.EACCES,
                        {"reason": f"{agent} would gain rights", "new_path": new_path})
             raise Denied(errno.EACCES, f"a link at {new_path} would give {agent} more rights")
 

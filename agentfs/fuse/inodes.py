@@ -325,7 +325,10 @@ class InodeTable:
             target = os.readlink(f"/proc/self/fd/{fd}")
         except (Stale, OSError):
             return None
-        if target.endswith(" (deleted)") and os.fstat(fd).st_nlink == 0:
+        if target.endswith(" (deleted)"):
+            # The name it was opened through is gone. The file may live on
+            # under other names (hard links), but this text is none of them:
+            # as a policy path it would match the wrong rules.
             return None
         root = self.root_real
         if len(target) > len(root) and target.startswith(root) and target[len(root)] == "/":

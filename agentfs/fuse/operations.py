@@ -426,13 +426,14 @@ class Operations(FileOps, DirOps, XattrOps, pyfuse3.Operations):
                 self._check_moved_folder(caller, ofd, no, path_old, path_new)
             if exchange and dst is not None and stat_mod.S_ISDIR(dst.st_mode):
                 self._check_moved_folder(caller, nfd, nn, path_new, path_old)
-        # A file with other names stays under them: moving one name is a link
-        # (unless the new name is already one of them: then rename does nothing).
+        # A file with other names stays under them: a move of one name must
+        # not change who may do what with it (unless the new name is already
+        # one of them: then rename does nothing).
         same = dst is not None and (src.st_dev, src.st_ino) == (dst.st_dev, dst.st_ino)
         if not stat_mod.S_ISDIR(src.st_mode) and src.st_nlink > 1 and not same:
-            self.gov.check_link(caller, path_old, path_new, "rename")
+            self.gov.check_linked_move(caller, path_old, path_new)
         if exchange and dst is not None and not stat_mod.S_ISDIR(dst.st_mode) and dst.st_nlink > 1:
-            self.gov.check_link(caller, path_new, path_old, "rename")
+            self.gov.check_linked_move(caller, path_new, path_old)
         await self.gov.lock_wait(caller, path_old, Access.DELETE, subtree=stat_mod.S_ISDIR(src.st_mode),
                                  wait=False)
         if dst is not None:
@@ -458,12 +459,12 @@ class Operations(FileOps, DirOps, XattrOps, pyfuse3.Operations):
 
     def _check_moved_folder(self, caller: Caller, dfd: int, name: str, path: str, to: str) -> None:
         """The caller needs r and d on everything inside; and a file inside with
-        other names (elsewhere) must not gain readers by the move, as for a link."""
+        other names (elsewhere) must keep its rights, as for a file moved alone."""
         below = list(walk_below(dfd, name, path, links=True))
         self.gov.require_subtree(caller, "rename", path, (p for p, _ in below))
         for p, nlink in below:
             if nlink > 1:
-                self.gov.check_link(caller, p, to + p[len(path):], "rename")
+                self.gov.check_linked_move(caller, p, to + p[len(path):])
 
     def _forget_below(self, node: Inode | None) -> None:
         """Drop the kernel's entries under a folder that moved, and cache them strictly from now on.
