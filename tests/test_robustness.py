@@ -17,6 +17,7 @@ import os
 import random
 import shutil
 import signal
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -389,3 +390,32 @@ def test_more_files_than_descriptors_the_daemon_may_hold(workdir):
             shutil.rmtree(mnt / f"d{d}")
         assert [e for e in os.listdir(mnt) if e.startswith("d")] == []
         assert m.answers()
+
+
+def test_a_tree_deeper_than_pythons_recursion_limit_works_and_can_be_removed(workdir):
+    """ext4 has no depth limit; the daemon climbs parents in loops, even with its descriptors evicted."""
+    ws = make_workspace(workdir)
+    mnt = workdir / "mnt-deep"
+    depth = 1500
+    with mounted(ws, mnt, prefix=("prlimit", "--nofile=1000:1000")) as m:
+        (mnt / "deep").mkdir()
+        cur = os.open(mnt / "deep", os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            for _ in range(depth):
+                os.mkdir("d", dir_fd=cur)
+                nxt = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=cur)
+                os.close(cur)
+                cur = nxt
+            with open(os.open("leaf.txt", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=cur), "w") as f:
+                f.write("deep\n")
+        finally:
+            os.close(cur)
+        # more objects than the daemon may hold descriptors for: the chain's are evicted
+        (mnt / "wide").mkdir()
+        for i in range(inode_fd_budget(1000) + 100):
+            (mnt / "wide" / f"f{i}").write_bytes(b"")
+        r = subprocess.run(["find", str(mnt / "deep"), "-name", "leaf.txt"], capture_output=True, text=True)
+        assert r.returncode == 0 and r.stdout.count("leaf.txt") == 1, r.stderr[-300:]
+        subprocess.run(["rm", "-rf", str(mnt / "deep"), str(mnt / "wide")], check=True)
+        assert not (ws.data_path / "deep").exists() and not (ws.data_path / "wide").exists()
+        healthy(m)

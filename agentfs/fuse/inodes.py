@@ -284,6 +284,7 @@ class InodeTable:
             if node.ino in self._open:
                 self._open.move_to_end(node.ino)
             return node.fd
+        self._open_ancestors(node)
         for parent, name in list(node.links):
             pnode = self._by_ino.get(parent)
             if pnode is None:
@@ -300,6 +301,24 @@ class InodeTable:
                 return fd
             os.close(fd)
         raise Stale(node.ino)
+
+    def _open_ancestors(self, node: Inode) -> None:
+        """Reopen the folders above `node` that lost their descriptors, top down.
+
+        `fd` opens a node relative to its parent's descriptor; in a tree
+        deeper than Python's recursion limit, asking each parent in turn
+        would overflow, so the chain is walked in a loop first.
+        """
+        missing: list[Inode] = []
+        cur = node
+        while len(missing) <= len(self._by_ino):
+            up = next((self._by_ino[p] for p, _ in cur.links if p in self._by_ino), None)
+            if up is None or up.fd is not None:
+                break
+            missing.append(up)
+            cur = up
+        for d in reversed(missing):
+            self.fd(d)
 
     def real_path(self, node: Inode) -> str | None:
         """Where `node` is in the data tree now, as the kernel knows it.
@@ -341,17 +360,42 @@ class InodeTable:
         if node is None:
             return None
         if node.is_dir:
-            cached = self._dir_paths.get(ino)
-            if cached is not None and cached[0] == self._generation:
-                return cached[1]
+            return self._dir_path(node)
         for parent, name in node.links:
-            ppath = self.path(parent)
+            pnode = self._by_ino.get(parent)
+            ppath = self._dir_path(pnode) if pnode is not None else None
             if ppath is not None:
-                p = ppath + name if ppath == "/" else f"{ppath}/{name}"
-                if node.is_dir:
-                    self._dir_paths[ino] = (self._generation, p)
-                return p
-        return "/" if ino == pyfuse3.ROOT_INODE else node.orphan_path
+                return ppath + name if ppath == "/" else f"{ppath}/{name}"
+        return node.orphan_path
+
+    def _dir_path(self, node: Inode) -> str | None:
+        """A directory's path, climbing to the root or a cached path in a loop, not by recursion.
+
+        Trees may be deeper than Python's recursion limit (ext4 has none).
+        """
+        chain: list[tuple[Inode, str]] = []
+        cur = node
+        while True:
+            if cur.ino == pyfuse3.ROOT_INODE:
+                base: str | None = "/"
+                break
+            cached = self._dir_paths.get(cur.ino)
+            if cached is not None and cached[0] == self._generation:
+                base = cached[1]
+                break
+            up = next(((self._by_ino[p], n) for p, n in cur.links if p in self._by_ino), None)
+            if up is None or len(chain) > len(self._by_ino):
+                base = cur.orphan_path if up is None else None
+                if base is None:
+                    return None
+                break
+            chain.append((cur, up[1]))
+            cur = up[0]
+        p = base
+        for d, name in reversed(chain):
+            p = p + name if p == "/" else f"{p}/{name}"
+            self._dir_paths[d.ino] = (self._generation, p)
+        return p
 
     def paths(self, ino: int) -> list[str]:
         """Every known workspace path of `ino` (hard links give several)."""
