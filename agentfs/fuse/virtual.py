@@ -53,6 +53,8 @@ class VNode:
     # A file whose content is known before it is opened (results.md): its real
     # size is shown, so tools that trust st_size (mmap, head -c) see it all.
     data: bytes | None = None
+    key: tuple = ()
+    nlookup: int = 0  # the kernel's references (lookups and readdirplus entries), as for real inodes
 
 
 @dataclass(eq=False)
@@ -84,6 +86,7 @@ class VirtualTree:
             "locks": self._node(("f", "locks"), stat_mod.S_IFREG, "locks", self.control.ino,
                                 render=self._render_locks),
         }
+        self._fixed = frozenset(self._nodes)
 
     # ----- bookkeeping ---------------------------------------------------
 
@@ -92,7 +95,7 @@ class VirtualTree:
         if ino is not None:
             return self._nodes[ino]
         self._next += 1
-        node = VNode(self._next, kind, name, parent, **kw)
+        node = VNode(self._next, kind, name, parent, key=key, **kw)
         self._nodes[node.ino] = node
         self._keys[key] = node.ino
         return node
@@ -107,7 +110,24 @@ class VirtualTree:
         return [CONTROL_DIR, SEARCH_DIR]
 
     def forget(self, ino: int, n: int) -> None:
-        """Virtual nodes are cheap and few per query; they live until the cache forgets the query."""
+        """Drop a query's nodes once the kernel holds no reference to them.
+
+        Any caller can name any number of queries (a stat each), so keeping
+        them all would let one user grow the daemon without bound.
+        """
+        node = self._nodes.get(ino)
+        if node is None or node.ino in self._fixed:
+            return
+        node.nlookup -= n
+        if node.nlookup <= 0:
+            del self._nodes[ino]
+            if self._keys.get(node.key) == ino:
+                del self._keys[node.key]
+
+    def _ref(self, node: VNode) -> pyfuse3.EntryAttributes:
+        """The entry of `node` as handed to the kernel, which now holds one more reference."""
+        node.nlookup += 1
+        return self._attr(node)
 
     def _attr(self, node: VNode, size: int = 0) -> pyfuse3.EntryAttributes:
         e = pyfuse3.EntryAttributes()
@@ -156,11 +176,11 @@ class VirtualTree:
                 raise pyfuse3.FUSEError(errno.ENOENT)
             q = self._node(("q", caller.agent, nm), stat_mod.S_IFDIR, nm, self.search.ino,
                            agent=caller.agent, query=nm)
-            return self._attr(q)
+            return self._ref(q)
         if pnode.query is not None:
             for child in await self._query_children(pnode, caller):
                 if child.name == nm:
-                    return self._attr(child)
+                    return self._ref(child)
             raise pyfuse3.FUSEError(errno.ENOENT)
         raise pyfuse3.FUSEError(errno.ENOENT)
 
@@ -222,7 +242,9 @@ class VirtualTree:
         return new_fh(DirHandle(ino, caller, "/" + node.name))
 
     async def readdir(self, h: DirHandle, start_id: int, token: pyfuse3.ReaddirToken) -> None:
-        node = self._nodes[h.ino]
+        node = self._nodes.get(h.ino)
+        if node is None:
+            return
         if node is self.control:
             children = list(self._control_files.values())
         elif node is self.search:
@@ -233,6 +255,7 @@ class VirtualTree:
             c = children[i]
             if not pyfuse3.readdir_reply(token, os.fsencode(c.name), self._attr(c), i + 1):
                 return
+            c.nlookup += 1  # readdirplus: the kernel took a reference to each entry it accepted
 
     async def root_entry(self, name: str, caller: Caller) -> pyfuse3.EntryAttributes:
         return self._attr(self.control if name == CONTROL_DIR else self.search)
