@@ -51,6 +51,8 @@ async def test_verify_exits_1_naming_the_first_bad_record_and_head_pins(ws):
     head_json = json.loads(run([AGENTFS, "audit", "head", "--json", "-w", str(ws.root)]).stdout)
     assert pin == f"{head_json['seq']}:{head_json['hash']}" and head_json["seq"] == 3
     run([AGENTFS, "audit", "verify", "-w", str(ws.root), "--pin", pin])
+    short = run([AGENTFS, "audit", "verify", "-w", str(ws.root), "--pin", pin[:20]], check=False)
+    assert short.returncode == 1 and "64-digit" in short.stderr and "rewritten" not in short.stderr
     raw(ws).execute("UPDATE audit_log SET result = 'EACCES' WHERE seq = 2")
     bad = run([AGENTFS, "audit", "verify", "-w", str(ws.root)], check=False)
     assert bad.returncode == 1 and "seq 2" in bad.stderr

@@ -166,6 +166,10 @@ def verify_cmd(ctx: click.Context, pin: str | None, as_json: bool, workspace_opt
         seq_s, _, h = pin.partition(":")
         if not seq_s.isdigit() or not h:
             raise AgentfsError(f"--pin wants SEQ:HASH as printed by `agentfs audit head`, not {pin!r}")
+        if not re.fullmatch(r"[0-9a-f]{64}", h):
+            # A shortened hash would read as a rewritten log: say what to give instead.
+            raise AgentfsError(f"--pin wants the whole 64-digit hash, as `agentfs audit head` prints it, "
+                               f"not {h!r}")
         pin_problem = check_pin(ws, int(seq_s), h)
     ok = res.ok and pin_problem is None
     if as_json:

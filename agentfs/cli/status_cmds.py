@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -49,11 +50,19 @@ def status_cmd(workspace_opt: str | None, as_json: bool) -> None:
     if ix.get("running"):
         click.echo(f"index      sidecar running ({ix.get('mode')}): {ix.get('files')} files, {ix.get('chunks')} chunks, "
                    f"{ix.get('pending', 0)} pending, {ix.get('skipped_binary', 0)} binary skipped, "
-                   f"last indexed {ix.get('last_indexed')}")
+                   f"last indexed {_when(ix.get('last_indexed'))}")
     else:
-        click.echo(f"index      sidecar not running ({ix.get('files', 0)} files indexed, last {ix.get('last_indexed')}): "
+        click.echo(f"index      sidecar not running ({ix.get('files', 0)} files indexed, "
+                   f"last {_when(ix.get('last_indexed'))}): "
                    f"start it with `agentfs index -w {st['workspace']}`")
     sys.exit(0 if st["healthy"] else 1)
+
+
+def _when(t: float | None) -> str:
+    """A local time for a person (the JSON keeps the epoch seconds)."""
+    if not t:
+        return "never"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t))
 
 
 @click.command("whoami")
