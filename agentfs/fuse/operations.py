@@ -432,7 +432,7 @@ class Operations(FileOps, DirOps, XattrOps, pyfuse3.Operations):
         same = dst is not None and (src.st_dev, src.st_ino) == (dst.st_dev, dst.st_ino)
         if not stat_mod.S_ISDIR(src.st_mode) and src.st_nlink > 1 and not same:
             self.gov.check_linked_move(caller, path_old, path_new)
-        if exchange and dst is not None and not stat_mod.S_ISDIR(dst.st_mode) and dst.st_nlink > 1:
+        if exchange and dst is not None and not stat_mod.S_ISDIR(dst.st_mode) and dst.st_nlink > 1 and not same:
             self.gov.check_linked_move(caller, path_new, path_old)
         await self.gov.lock_wait(caller, path_old, Access.DELETE, subtree=stat_mod.S_ISDIR(src.st_mode),
                                  wait=False)
