@@ -312,11 +312,11 @@ class InodeTable:
         missing: list[Inode] = []
         cur = node
         while len(missing) <= len(self._by_ino):
-            up = next((self._by_ino[p] for p, _ in cur.links if p in self._by_ino), None)
-            if up is None or up.fd is not None:
+            up = self._up(cur)
+            if up is None or up[0].fd is not None:
                 break
-            missing.append(up)
-            cur = up
+            missing.append(up[0])
+            cur = up[0]
         for d in reversed(missing):
             self.fd(d)
 
@@ -368,6 +368,10 @@ class InodeTable:
                 return ppath + name if ppath == "/" else f"{ppath}/{name}"
         return node.orphan_path
 
+    def _up(self, node: Inode) -> tuple[Inode, str] | None:
+        """The parent (and `node`'s name in it) of `node`'s first name whose parent we know."""
+        return next(((self._by_ino[p], n) for p, n in node.links if p in self._by_ino), None)
+
     def _dir_path(self, node: Inode) -> str | None:
         """A directory's path, climbing to the root or a cached path in a loop, not by recursion.
 
@@ -383,7 +387,7 @@ class InodeTable:
             if cached is not None and cached[0] == self._generation:
                 base = cached[1]
                 break
-            up = next(((self._by_ino[p], n) for p, n in cur.links if p in self._by_ino), None)
+            up = self._up(cur)
             if up is None or len(chain) > len(self._by_ino):
                 base = cur.orphan_path if up is None else None
                 if base is None:

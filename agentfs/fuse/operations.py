@@ -460,7 +460,7 @@ class Operations(FileOps, DirOps, XattrOps, pyfuse3.Operations):
     def _check_moved_folder(self, caller: Caller, dfd: int, name: str, path: str, to: str) -> None:
         """The caller needs r and d on everything inside; and a file inside with
         other names (elsewhere) must keep its rights, as for a file moved alone."""
-        below = list(walk_below(dfd, name, path, links=True))
+        below = list(walk_below(dfd, name, path))
         self.gov.require_subtree(caller, "rename", path, (p for p, _ in below))
         for p, nlink in below:
             if nlink > 1:

@@ -9,17 +9,12 @@ from typing import Any, Iterator
 from agentfs.store.backing import join
 
 
-def paths_below(dir_fd: int, name: str, path: str) -> Iterator[str]:
-    """Every path inside a backing folder, depth first, never following a symlink."""
-    return (p for p, _ in walk_below(dir_fd, name, path))
-
-
-def walk_below(dir_fd: int, name: str, path: str, links: bool = False) -> Iterator[tuple[str, int]]:
+def walk_below(dir_fd: int, name: str, path: str) -> Iterator[tuple[str, int]]:
     """(path, link count) of everything inside a backing folder, depth first, never following a symlink.
 
-    The link count is that of non-folders when `links` is asked (a stat
-    each), else 0. Holds one descriptor per level (not per folder seen), so a
-    wide tree cannot exhaust them.
+    The link count is that of non-folders (a stat each), 0 for folders.
+    Holds one descriptor per level (not per folder seen), so a wide tree
+    cannot exhaust them.
     """
     flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
     stack: list[tuple[int, str, Any]] = []
@@ -45,7 +40,7 @@ def walk_below(dir_fd: int, name: str, path: str, links: bool = False) -> Iterat
             p = join(dpath, entry.name)
             is_dir = entry.is_dir(follow_symlinks=False)
             nlink = 0
-            if links and not is_dir:
+            if not is_dir:
                 with contextlib.suppress(FileNotFoundError):
                     nlink = entry.stat(follow_symlinks=False).st_nlink
             yield p, nlink
