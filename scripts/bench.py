@@ -9,9 +9,12 @@ compared with the last one. Timings are figures, never pass/fail.
 
     sudo /opt/agentfs/venv/bin/python scripts/bench.py [--quick] [--repeat 3]
         [--only seq_read,tar_x] [--policy FILE] [--variant NAME=POLICYFILE]
-        [--mount-arg TARGET=ARG] [--json out.json]
+        [--mount-arg TARGET=ARG] [--code TARGET=SRCDIR] [--json out.json]
 
 e.g. the cost of audit alone: --variant noaudit= --mount-arg noaudit=--disable=audit
+A change against the code before it, daemons side by side:
+    git worktree add /tmp/before HEAD~1
+    ... --targets governed --variant before= --code before=/tmp/before
 """
 
 from __future__ import annotations
@@ -53,6 +56,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                          "(repeatable; give it arguments with --mount-arg NAME=ARG); shown against governed")
     ap.add_argument("--mount-arg", action="append", default=[], metavar="TARGET=ARG",
                     help="extra `agentfs mount` argument for a mount target (repeatable)")
+    ap.add_argument("--code", action="append", default=[], metavar="TARGET=SRCDIR",
+                    help="run TARGET's daemon with agentfs imported from SRCDIR (e.g. a worktree of the last "
+                         "commit), to compare a change with the code before it in one run")
     ap.add_argument("--rm-files", type=int, help="files in the rm_rf tree (default 20,000; 2,000 with --quick)")
     ap.add_argument("--dir", type=Path, help="base directory (default: a new one in /var/tmp); "
                                              "native and workspaces share its filesystem")
@@ -88,6 +94,13 @@ def build_targets(a: argparse.Namespace, base: Path) -> list[targets.Target]:
                              "with a new NAME")
         text = Path(path).read_text() if path else (a.policy.read_text() if a.policy else targets.OPEN_POLICY)
         out.append(targets.mount_target(base, name, text, extra.get(name, [])))
+    for item in a.code:
+        name, sep, src = item.partition("=")
+        match = [t for t in out if t.name == name and t.kind == "mount"]
+        if not sep or not match or not (Path(src) / "agentfs" / "__init__.py").is_file():
+            raise SystemExit(f"--code {item!r}: write TARGET=SRCDIR, with a mount target and a directory "
+                             "holding the agentfs package")
+        match[0].code = Path(src).resolve()
     return out
 
 
@@ -126,20 +139,23 @@ def measure(ctx: wl.Ctx, works: list[wl.Workload], tgts: list[targets.Target], r
                     if waited > 1:
                         log.info("waited %.1f s for the daemons to go idle", waited)
                     phase = "run"
-                    cpu0 = targets.family_cpu_s(t)
+                    cpu0, loop0 = targets.family_cpu_s(t), targets.loop_user_s(t)
                     t0 = time.perf_counter()
                     info = w.run(ctx, d)
                     dt = time.perf_counter() - t0
-                    cpu1 = targets.family_cpu_s(t)
+                    cpu1, loop1 = targets.family_cpu_s(t), targets.loop_user_s(t)
                 except Exception as e:  # a failing target is reported, the others still measured
                     r["error"] = f"{phase}: {e}"[:300]
                     log.warning("%-12s %-10s repeat %d: FAILED in %s", w.name, t.name, rep + 1, r["error"])
                     continue
                 r["runs"].append(dt)
                 cpu = {} if cpu0 is None or cpu1 is None else {"daemon_cpu_s": round(cpu1 - cpu0, 2)}
+                if cpu and loop0 is not None and loop1 is not None:
+                    cpu["loop_user_s"] = round(loop1 - loop0, 2)
                 r["details"].append({**(setup_info or {}), **(info or {}), **cpu})
                 log.info("%-12s %-10s repeat %d: %.3f s%s", w.name, t.name, rep + 1, dt,
-                         f" (daemon CPU {cpu['daemon_cpu_s']:.2f} s)" if cpu else "")
+                         f" (daemon CPU {cpu['daemon_cpu_s']:.2f} s, loop user {cpu.get('loop_user_s')} s)"
+                         if cpu else "")
     return res
 
 

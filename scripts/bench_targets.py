@@ -40,10 +40,12 @@ class Target:
     mount_args: list[str] = field(default_factory=list)
     workspace: Path | None = None
     pid: int | None = None
+    code: Path | None = None  # a source tree the daemon imports agentfs from (A/B of a change)
 
     def describe(self) -> dict[str, object]:
         return {"name": self.name, "kind": self.kind, "mount_args": self.mount_args,
-                "policy_lines": None if self.policy_text is None else len(self.policy_text.splitlines())}
+                "policy_lines": None if self.policy_text is None else len(self.policy_text.splitlines()),
+                "code": None if self.code is None else str(self.code)}
 
 
 def native(base: Path) -> Target:
@@ -66,8 +68,12 @@ def start(t: Target) -> None:
     assert t.workspace is not None and t.policy_text is not None
     init_workspace(t.workspace, t.policy_text)
     t.root.mkdir(parents=True, exist_ok=True)
+    env = None
+    if t.code is not None:
+        # The daemon (and its commit helper) inherit it, so they run that tree's code.
+        env = {**os.environ, "PYTHONPATH": str(t.code)}
     r = subprocess.run([AGENTFS, "mount", *t.mount_args, str(t.workspace), str(t.root)],
-                       capture_output=True, text=True, timeout=60)
+                       capture_output=True, text=True, timeout=60, env=env)
     if r.returncode != 0:
         raise RuntimeError(f"mount of {t.name} failed: {(r.stderr or r.stdout).strip()}")
     pids = re.findall(r"\d+", r.stdout)
@@ -137,6 +143,17 @@ def family_cpu_s(t: Target) -> float | None:
     if t.pid is None:
         return None
     return sum(x or 0 for x in _family_ticks(t.pid)) / os.sysconf("SC_CLK_TCK")
+
+
+def loop_user_s(t: Target) -> float | None:
+    """User CPU seconds of a daemon's main thread so far: its FUSE loop, where every request's Python runs."""
+    if t.pid is None:
+        return None
+    try:
+        f = Path(f"/proc/{t.pid}/task/{t.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return int(f[11]) / os.sysconf("SC_CLK_TCK")
 
 
 def remove_base(base: Path) -> None:
