@@ -520,6 +520,56 @@ def test_cli_lock_unlock_locks_as_real_users(fast):
     assert r.returncode == 1 and "not locked by you" in r.stderr + r.stdout
 
 
+def test_cli_takes_workspace_paths_with_w_through_the_mount_it_runs_in(fast):
+    """-w WS after the command (or before it): PATH may be a workspace path; the mount is never guessed."""
+    rel, base = fast.case(owner="alice")
+    ws = str(fast.ws.root)
+    # Two mounts of WS (shared, and bob's): from outside both, the CLI will not pick one.
+    r = run([AGENTFS, "lock", "-w", ws, f"{rel}/d/f"], user="agentfs-t1", cwd="/", check=False)
+    assert r.returncode == 1 and "2 mounts" in r.stderr and "Traceback" not in r.stderr, r
+    assert lock_info(base / "d/f") == ""
+    r = run([AGENTFS, "-w", ws, "whoami"], user="agentfs-t1", cwd="/", check=False)
+    assert r.returncode == 1 and "2 mounts" in r.stderr, r
+    # From inside a mount, its daemon speaks: the shared mount knows alice by her uid...
+    r = run([AGENTFS, "lock", f"{rel}/d/f", "-w", ws, "--ttl", "60"], user="agentfs-t1", cwd=str(fast.mnt))
+    assert "holder=alice" in r.stdout, r
+    assert lock_info(base / "d/f").startswith("exclusive holder=alice")
+    assert json.loads(run([AGENTFS, "whoami", "--json", "-w", ws], user="agentfs-t1",
+                          cwd=str(fast.mnt)).stdout)["agent"] == "alice"
+    run([AGENTFS, "-w", ws, "unlock", f"{rel}/d/f"], user="agentfs-t1", cwd=str(fast.mnt))
+    assert lock_info(base / "d/f") == ""
+    # ...and bob's mount makes the same user bob.
+    r = run([AGENTFS, "-w", ws, "lock", "--shared", f"{rel}/d/g"], user="agentfs-t1", cwd=str(fast.mnt2))
+    assert "shared holder=bob" in r.stdout, r
+    me = json.loads(run([AGENTFS, "-w", ws, "whoami", "--json"], user="agentfs-t1", cwd=str(fast.mnt2)).stdout)
+    assert (me["agent"], me["mountpoint"]) == ("bob", str(fast.mnt2))
+    run([AGENTFS, "unlock", "-w", ws, f"{rel}/d/g"], user="agentfs-t1", cwd=str(fast.mnt2))
+    assert lock_info(base / "d/g") == ""
+    # -w naming another workspace than the mount PATH lies on is an error, not a choice.
+    r = run([AGENTFS, "lock", "-w", "/tmp", str(base / "d/f")], user="agentfs-t1", check=False)
+    assert r.returncode == 1 and "not of /tmp" in r.stderr, r
+    # A relative path with -w outside any mount says what to give instead.
+    r = run([AGENTFS, "lock", "-w", ws, "d/f"], user="agentfs-t1", cwd="/", check=False)
+    assert r.returncode == 1 and "workspace path from its root" in r.stderr, r
+    # policy explain takes a relative path on the mount, as a shell user types it.
+    r = run([AGENTFS, "policy", "explain", "--agent", "carol", "--json", "d/f", "-w", ws], cwd=str(base))
+    assert json.loads(r.stdout)["path"] == f"{rel}/d/f"
+
+
+def test_cli_with_w_uses_the_only_mount_from_anywhere(slow):
+    rel, base = slow.case(owner="alice")
+    ws = str(slow.ws.root)
+    r = run([AGENTFS, "lock", "-w", ws, f"{rel}/d/f"], user="agentfs-t1", cwd="/")
+    assert f"locked {slow.mnt}{rel}/d/f" in r.stdout and "holder=alice" in r.stdout, r
+    assert lock_info(base / "d/f").startswith("exclusive holder=alice")
+    assert json.loads(run([AGENTFS, "whoami", "-w", ws, "--json"], user="agentfs-t1",
+                          cwd="/").stdout)["agent"] == "alice"
+    assert json.loads(run([AGENTFS, "whoami", "--json"], user="agentfs-t1", cwd="/",
+                          env={**os.environ, "AGENTFS_WORKSPACE": ws}).stdout)["agent"] == "alice"
+    run([AGENTFS, "unlock", "-w", ws, f"{rel}/d/f"], user="agentfs-t1", cwd="/")
+    assert lock_info(base / "d/f") == ""
+
+
 def audit(ws, *args: str) -> list[dict]:
     out = run([AGENTFS, "audit", "-w", str(ws.root), "--json", *args]).stdout
     return [json.loads(line) for line in out.splitlines() if line.strip()]
@@ -575,6 +625,7 @@ def test_cli_lock_wait_gives_up_with_status_75(fast):
     t0 = time.monotonic()
     r = run([AGENTFS, "lock", "--wait", "1.5", f], user="agentfs-t2", check=False)
     assert r.returncode == 75 and "holder=writer" in r.stderr + r.stdout, r
+    assert "after 1.5 s" in r.stderr and "pass --wait" not in r.stderr, r.stderr
     assert time.monotonic() - t0 >= 1.5
     assert lock_info(base / "d/f").startswith("exclusive holder=writer")
     unlock(fast.w["writer"], base / "d/f")

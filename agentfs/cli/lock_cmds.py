@@ -18,7 +18,7 @@ from pathlib import Path
 
 import click
 
-from agentfs.cli._common import echo_json, resolve_workspace, workspace_option
+from agentfs.cli._common import echo_json, path_on_mount, resolve_workspace, workspace_option
 from agentfs.core.lock_format import format_locks_listing, parse_locks_listing
 from agentfs.core.locks import list_locks
 from agentfs.errors import AgentfsError
@@ -69,11 +69,14 @@ def is_busy(e: OSError, path: str) -> bool:
     return e.errno in (errno.ENOTSUP, errno.EOPNOTSUPP) and bool(_holder(path))
 
 
-def _explain(e: OSError, path: str, doing: str) -> AgentfsError:
+def _explain(e: OSError, path: str, doing: str, waited: float = 0.0) -> AgentfsError:
     """One line for each way the daemon can refuse a lock request."""
     code = e.errno
     if is_busy(e, path):
         held = _holder(path)
+        if waited > 0:
+            return LockBusy(f"{path} is still locked by another agent after {waited:g} s"
+                            f"{': ' + held if held else ''}; retry later, or wait longer with --wait")
         return LockBusy(f"{path} is locked by another agent{': ' + held if held else ''}; "
                         f"retry later or pass --wait SECONDS")
     if code in (errno.EACCES, errno.EPERM):
@@ -121,7 +124,7 @@ def set_lock(path: str, value: bytes, wait: float) -> None:
             busy = is_busy(e, path)
             left = deadline - time.monotonic()
             if not busy or left <= 0:
-                raise _explain(e, path, "lock") from None
+                raise _explain(e, path, "lock", wait) from None
             time.sleep(min(RETRY_SECONDS, left))
 
 
@@ -132,9 +135,15 @@ def set_lock(path: str, value: bytes, wait: float) -> None:
               help="Lease in seconds (default: [locks].default_ttl); lock again to renew.")
 @click.option("--wait", type=float, default=0.0, metavar="S",
               help="Keep trying this many seconds while another agent holds it.")
-def lock_cmd(path: str, shared: bool, ttl: float | None, wait: float) -> None:
-    """Lock PATH (a file or directory on a mount) for the calling agent."""
+@workspace_option
+def lock_cmd(path: str, shared: bool, ttl: float | None, wait: float, workspace_opt: str | None) -> None:
+    """Lock PATH (a file or directory on a mount) for the calling agent.
+
+    With -w WS, PATH may also be a path in the workspace (/reports/q3.md):
+    it is locked through WS's mount.
+    """
     value = lock_value(shared, ttl)
+    path = path_on_mount(path, workspace_opt)
     mountpoint_of(path)
     set_lock(path, value, max(0.0, wait))
     held = _holder(path)
@@ -145,8 +154,10 @@ def lock_cmd(path: str, shared: bool, ttl: float | None, wait: float) -> None:
 @click.argument("path")
 @click.option("--force", is_flag=True,
               help="Break another agent's lock (needs the l right on PATH).")
-def unlock_cmd(path: str, force: bool) -> None:
-    """Release the calling agent's lock on PATH."""
+@workspace_option
+def unlock_cmd(path: str, force: bool, workspace_opt: str | None) -> None:
+    """Release the calling agent's lock on PATH (with -w WS, also a path in the workspace)."""
+    path = path_on_mount(path, workspace_opt)
     mountpoint_of(path)
     if force:
         set_lock(path, FORCE_VALUE, 0.0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import posixpath
 
 import click
@@ -13,13 +14,21 @@ from agentfs.workspace import mounts_of_agentfs, path_in_mount
 
 
 def normalize_policy_path(path: str) -> str:
-    """A policy path ("/a/b") from what a user typed: a path on a mount, or a policy path."""
+    """A policy path ("/a/b") from what a user typed: a path on a mount, or a policy path.
+
+    A relative path is taken from the current directory, as a shell would,
+    and must then lie on a mount.
+    """
+    if not path.startswith("/"):
+        absolute = os.path.abspath(path)
+        if any(absolute == str(m) or absolute.startswith(str(m).rstrip("/") + "/") for m, _ in mounts_of_agentfs()):
+            return path_in_mount(absolute)[1]
     if path.startswith("/") and any(path == str(m) or path.startswith(str(m).rstrip("/") + "/")
                                     for m, _ in mounts_of_agentfs()):
         return path_in_mount(path)[1]
     if not path.startswith("/"):
-        raise AgentfsError(f"{path!r}: give a policy path starting with '/' (the data root), "
-                           "or a path on a mount")
+        raise AgentfsError(f"{path!r} is not on a mount: give a policy path starting with '/' "
+                           "(the data root), or a path on a mount")
     norm = "/" + posixpath.normpath(path).lstrip("/")
     return "/" if norm == "/." else norm
 

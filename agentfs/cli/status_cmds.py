@@ -9,7 +9,8 @@ from pathlib import Path
 
 import click
 
-from agentfs.cli._common import echo_json, resolve_workspace, workspace_option
+from agentfs.cli._common import (echo_json, explicit_workspace, mount_of_workspace, path_on_mount,
+                                 resolve_workspace, workspace_option)
 from agentfs.errors import AgentfsError
 from agentfs.workspace import mount_containing
 
@@ -68,15 +69,24 @@ def _when(t: float | None) -> str:
 @click.command("whoami")
 @click.argument("path", required=False, type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="One JSON object.")
-def whoami_cmd(path: str | None, as_json: bool) -> None:
+@workspace_option
+def whoami_cmd(path: str | None, as_json: bool, workspace_opt: str | None) -> None:
     """Which agent the mount sees this process as (reads MOUNT/.agentfs/whoami).
 
-    PATH is any path on the mount (default: the current directory).
+    PATH is any path on the mount (default: the current directory, else,
+    with -w WS, the mount of WS).
     """
+    if path is not None:
+        path = path_on_mount(path, workspace_opt)
     here = Path(os.path.abspath(path or "."))
     found = mount_containing(here)
+    ws = explicit_workspace(workspace_opt)
+    if path is None and found is None and not ws:
+        ws = os.environ.get("AGENTFS_WORKSPACE")
+    if path is None and ws and (found is None or os.path.realpath(found[1]) != os.path.realpath(ws)):
+        found = (mount_of_workspace(ws), Path(ws))
     if found is None:
-        raise AgentfsError(f"{here} is not on an agentfs mount: cd into one, or give a path on it")
+        raise AgentfsError(f"{here} is not on an agentfs mount: cd into one, give a path on it, or pass -w WS")
     mnt = found[0]
     try:
         text = (mnt / ".agentfs" / "whoami").read_text()
