@@ -154,6 +154,17 @@ def test_a_non_root_peer_sees_only_what_its_agent_may_read(sidecar: Workspace, u
     assert resp["hits"] == [] and resp["agent"] == "nobody"
 
 
+def test_root_inside_an_agentfs_run_session_searches_as_its_agent(sidecar: Workspace):
+    """Root is unfiltered on the command line, but not inside `agentfs run --agent NAME`."""
+    ws = sidecar
+    cmd = [AGENTFS, "search", "-w", str(ws.root), "--json", WORD]
+    assert _paths(json.loads(run(cmd).stdout)) == {"/research/open.md", "/private/secret.md"}
+    r = run([AGENTFS, "run", "-w", str(ws.root), "--agent", "researcher", "--", *cmd])
+    assert _paths(json.loads(r.stdout)) == {"/research/open.md"}
+    r = run([AGENTFS, "run", "-w", str(ws.root), "--agent", "writer", "--", *cmd])
+    assert json.loads(r.stdout) == []
+
+
 async def test_async_client_for_the_fuse_layer(sidecar: Workspace):
     hits = await query_async(sidecar.root, WORD, agent="researcher")
     assert [h.path for h in hits] == ["/research/open.md"]
@@ -186,6 +197,10 @@ def test_no_sidecar_root_reads_the_index_and_others_get_one_line(workdir: Path, 
     run([AGENTFS, "index", "-w", str(ws.root), "--once"], timeout=120)
     r = run([AGENTFS, "search", "-w", str(ws.root), "--json", WORD])
     assert _paths(json.loads(r.stdout)) == {"/research/open.md", "/private/secret.md"}
+    # Reading the index directly, root in a session still gets its agent's view.
+    r = run([AGENTFS, "run", "-w", str(ws.root), "--agent", "researcher", "--",
+             AGENTFS, "search", "-w", str(ws.root), "--json", WORD])
+    assert _paths(json.loads(r.stdout)) == {"/research/open.md"}
     r = run([AGENTFS, "search", "-w", str(ws.root), WORD], user="agentfs-t1", check=False)
     assert r.returncode != 0 and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and "agentfs index" in r.stderr

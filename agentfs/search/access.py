@@ -40,7 +40,7 @@ class Access:
                 self._holder.maybe_reload()
             return self._holder
 
-    def agent_of(self, uid: int, gid: int, pid: int) -> str:
+    def _identity(self, uid: int, gid: int, pid: int):  # type: ignore[no-untyped-def]
         holder = self._load()
         try:
             with self._lock:
@@ -49,9 +49,22 @@ class Access:
 
                     self._resolver = IdentityResolver(holder, self.ws)
                 resolver = self._resolver
-            return str(resolver.resolve(uid, gid, pid).agent)
+            return resolver.resolve(uid, gid, pid)
         except ImportError as e:
             raise AccessError(f"cannot identify the caller (uid {uid}): {e}") from e
+
+    def agent_of(self, uid: int, gid: int, pid: int) -> str:
+        return str(self._identity(uid, gid, pid).agent)
+
+    def session_agent(self, uid: int, gid: int, pid: int) -> str | None:
+        """The agent of the `agentfs run` session `pid` belongs to, if any.
+
+        Root inside `agentfs run --agent NAME` is that agent on the mount, so
+        its searches are that agent's too: hits it could not open there
+        would only mislead it.
+        """
+        ident = self._identity(uid, gid, pid)
+        return str(ident.agent) if ident.how == "session" else None
 
     def reader_filter(self, agent: str) -> Callable[[str], bool]:
         """A predicate: may `agent` read this workspace path?"""
@@ -66,10 +79,13 @@ class Access:
 
     def for_peer(self, uid: int, gid: int, pid: int, requested_agent: str | None
                  ) -> tuple[str | None, Callable[[str], bool] | None]:
-        """(agent, filter) for a connected peer; root may ask as any agent or unfiltered."""
+        """(agent, filter) for a connected peer; root may ask as any agent or, outside a session, unfiltered."""
         if uid == 0:
             if requested_agent:
                 return requested_agent, self.reader_filter(requested_agent)
-            return None, None
+            agent = self.session_agent(uid, gid, pid) if pid > 0 else None
+            if agent is None:
+                return None, None
+            return agent, self.reader_filter(agent)
         agent = self.agent_of(uid, gid, pid)
         return agent, self.reader_filter(agent)

@@ -109,12 +109,20 @@ async def query_async(ws_root: Path, query: str, *, k: int = 10, path_prefix: st
 
 
 def query_direct(ws: Workspace, query: str, *, k: int = 10, path_prefix: str | None = None) -> dict[str, Any]:
-    """Root without a sidecar: read the index ourselves through the same ranking code."""
+    """Root without a sidecar: read the index ourselves through the same ranking code.
+
+    Inside an `agentfs run` session the hits are filtered for the session's
+    agent, as the sidecar would filter them.
+    """
+    from agentfs.search.access import Access
     from agentfs.search.embedder import configured_name, load_embedder
     from agentfs.search.index import IndexDB
 
     if not ws.index_db.exists():
         raise SearchUnavailable(f"{ws.root} has no search index yet: run `agentfs index -w {ws.root}`")
+    access = Access(ws)
+    agent = access.session_agent(os.getuid(), os.getgid(), os.getpid())
+    allowed = access.reader_filter(agent) if agent is not None else None
     db = IndexDB(ws.index_db, readonly=True)
     try:
         embed = None
@@ -125,11 +133,12 @@ def query_direct(ws: Workspace, query: str, *, k: int = 10, path_prefix: str | N
             emb, note = load_embedder(name)
             embed = emb.embed if emb is not None else None
             floor = float(getattr(emb, "min_similarity", 0.0))
-        hits, mode = search(db, query, k=k, path_prefix=path_prefix, embed=embed, min_similarity=floor)
+        hits, mode = search(db, query, k=k, path_prefix=path_prefix, embed=embed, allowed=allowed,
+                            min_similarity=floor)
         stats = db.stats()
     finally:
         db.close()
-    return {"hits": [h.to_dict() for h in hits], "mode": mode, "sidecar": False, "note": note,
+    return {"hits": [h.to_dict() for h in hits], "mode": mode, "sidecar": False, "note": note, "agent": agent,
             "fresh": {"pending": stats["pending"] if embed else 0, "files": stats["files"],
                       "last_indexed": stats["last_indexed"], "catching_up": False}}
 
