@@ -575,6 +575,21 @@ def audit(ws, *args: str) -> list[dict]:
     return [json.loads(line) for line in out.splitlines() if line.strip()]
 
 
+def test_a_lock_refusal_is_recorded_as_the_operation_attempted(fast):
+    rel, base = fast.case(owner="bob")
+    lock(fast.w["alice"], base / "d")
+    assert fast.w["bob"].err("open(p).read()", p=str(base / "d/f")) == "EAGAIN"
+    assert fast.w["bob"].err("os.unlink(p)", p=str(base / "d/g")) == "EAGAIN"
+    assert fast.w["bob"].err("os.mkdir(p)", p=str(base / "d/new")) == "EAGAIN"
+    unlock(fast.w["alice"], base / "d")
+    got = {(r["op"], r["path"]): r for r in audit(fast.ws, "--agent", "bob", "--path", f"{rel}/d")
+           if r["result"] == "EAGAIN"}
+    assert set(got) == {("open", f"{rel}/d/f"), ("unlink", f"{rel}/d/g"), ("mkdir", f"{rel}/d/new")}, got
+    assert got[("open", f"{rel}/d/f")]["details"] == {"lock": "alice", "mode": "exclusive", "on": f"{rel}/d",
+                                                      "access": "read"}
+    assert got[("unlink", f"{rel}/d/g")]["details"]["access"] == "delete"
+
+
 def test_cli_lock_wait_succeeds_after_release_and_never_stalls_the_holder(slow):
     """While `agentfs lock --wait` retries, the holder keeps writing and unlocks without delay."""
     rel, base = slow.case(owner="alice")

@@ -81,9 +81,12 @@ class OpenGovernor:
         """
         return self.cache_seconds
 
-    async def lock_wait(self, caller: Caller, path: str, access: Access, subtree: bool = False,
+    async def lock_wait(self, caller: Caller, op: str, path: str, access: Access, subtree: bool = False,
                         wait: bool = True) -> None:
-        """Wait for (unless wait=False), then raise Denied(EAGAIN) on, another agent's conflicting lock."""
+        """Wait for (unless wait=False), then raise Denied(EAGAIN) on, another agent's conflicting lock.
+
+        `op` names the request (open, unlink...) for the record of a refusal.
+        """
 
     async def record(self, caller: Caller, op: str, path: str, new_path: str | None = None,
                      result: str = "ok", details: dict[str, Any] | None = None) -> None:

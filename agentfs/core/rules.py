@@ -181,7 +181,7 @@ class WorkspaceGovernor:
 
     # ----- locks ---------------------------------------------------------
 
-    async def lock_wait(self, caller: Caller, path: str, access: Access, subtree: bool = False,
+    async def lock_wait(self, caller: Caller, op: str, path: str, access: Access, subtree: bool = False,
                         wait: bool = True) -> None:
         """EAGAIN on another agent's conflicting lock, after [locks].wait_seconds if `wait`.
 
@@ -196,8 +196,10 @@ class WorkspaceGovernor:
         try:
             await self.locks.wait_clear(caller.agent, path, access, subtree, None if wait else 0.0)
         except LockConflict as e:
-            self._deny(caller, access.value, path, errno.EAGAIN,
-                       {"lock": e.lock.agent, "mode": e.lock.mode.value, "on": e.lock.path})
+            # Recorded as the operation attempted (open, unlink...), as every other refusal is.
+            self._deny(caller, op, path, errno.EAGAIN,
+                       {"lock": e.lock.agent, "mode": e.lock.mode.value, "on": e.lock.path,
+                        "access": access.value})
             raise Denied(errno.EAGAIN, str(e)) from None
 
     def lock_xattr_get(self, caller: Caller, path: str) -> bytes:

@@ -148,7 +148,7 @@ class Operations(FileOps, DirOps, XattrOps, pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENOENT)
         return pnode, nm, join(ppath, nm), caller
 
-    async def _lock_wait_names(self, caller: Caller, inode: int, path: str, access: Access,
+    async def _lock_wait_names(self, caller: Caller, op: str, inode: int, path: str, access: Access,
                                wait: bool = True) -> None:
         """lock_wait on every known name of the inode, not only on `path`.
 
@@ -158,7 +158,7 @@ class Operations(FileOps, DirOps, XattrOps, pyfuse3.Operations):
         """
         node = self.inodes.get(inode)
         for p in self.inodes.paths(inode) if len(node.links) > 1 else (path,):
-            await self.gov.lock_wait(caller, p, access, wait=wait)
+            await self.gov.lock_wait(caller, op, p, access, wait=wait)
 
     def _virtual(self, ino: int) -> bool:
         return self.virtual is not None and self.virtual.owns(ino)
@@ -244,7 +244,7 @@ class Operations(FileOps, DirOps, XattrOps, pyfuse3.Operations):
         path = self._path(inode)
         caller = self._caller(ctx)
         self.gov.require(caller, "setattr", path, "w")
-        await self._lock_wait_names(caller, inode, path, Access.WRITE, wait=False)
+        await self._lock_wait_names(caller, "setattr", inode, path, Access.WRITE, wait=False)
         fd = self._fd(node)
         is_link = node.kind == stat_mod.S_IFLNK
         before = os.stat(fd)
@@ -331,7 +331,7 @@ class Operations(FileOps, DirOps, XattrOps, pyfuse3.Operations):
         pnode, nm, path, caller = self._child_of(parent, name, ctx)
         self._reject_virtual_name(parent, nm)
         self.gov.require(caller, "mknod", path, "c")
-        await self.gov.lock_wait(caller, path, Access.WRITE, wait=False)
+        await self.gov.lock_wait(caller, "mknod", path, Access.WRITE, wait=False)
         os.mknod(nm, mode, rdev, dir_fd=self._fd(pnode))
         node, st = await self._made(caller, "mknod", pnode, nm, path, ctx, {"mode": oct(mode)}, mode)
         return self._entry(node, st, path)
@@ -341,7 +341,7 @@ class Operations(FileOps, DirOps, XattrOps, pyfuse3.Operations):
         pnode, nm, path, caller = self._child_of(parent, name, ctx)
         self._reject_virtual_name(parent, nm)
         self.gov.require(caller, "mkdir", path, "c")
-        await self.gov.lock_wait(caller, path, Access.WRITE, wait=False)
+        await self.gov.lock_wait(caller, "mkdir", path, Access.WRITE, wait=False)
         os.mkdir(nm, stat_mod.S_IMODE(mode), dir_fd=self._fd(pnode))
         node, st = await self._made(caller, "mkdir", pnode, nm, path, ctx)
         return self._entry(node, st, path)
@@ -352,7 +352,7 @@ class Operations(FileOps, DirOps, XattrOps, pyfuse3.Operations):
         pnode, nm, path, caller = self._child_of(parent, name, ctx)
         self._reject_virtual_name(parent, nm)
         self.gov.require(caller, "symlink", path, "c")
-        await self.gov.lock_wait(caller, path, Access.WRITE, wait=False)
+        await self.gov.lock_wait(caller, "symlink", path, Access.WRITE, wait=False)
         os.symlink(os.fsdecode(target), nm, dir_fd=self._fd(pnode))
         node, st = await self._made(caller, "symlink", pnode, nm, path, ctx, {"target": os.fsdecode(target)})
         return self._entry(node, st, path)
@@ -379,7 +379,7 @@ class Operations(FileOps, DirOps, XattrOps, pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.ENOENT)
         op = "rmdir" if is_dir else "unlink"
         self.gov.require(caller, op, path, "d")
-        await self.gov.lock_wait(caller, path, Access.DELETE, subtree=is_dir, wait=False)
+        await self.gov.lock_wait(caller, op, path, Access.DELETE, subtree=is_dir, wait=False)
         child = self.inodes.child(parent, nm)
         if child is not None and len(child.links) == 1:
             # Its last name goes: pin the object so fstat/ftruncate on open
@@ -434,13 +434,13 @@ class Operations(FileOps, DirOps, XattrOps, pyfuse3.Operations):
             self.gov.check_linked_move(caller, path_old, path_new)
         if exchange and dst is not None and not stat_mod.S_ISDIR(dst.st_mode) and dst.st_nlink > 1 and not same:
             self.gov.check_linked_move(caller, path_new, path_old)
-        await self.gov.lock_wait(caller, path_old, Access.DELETE, subtree=stat_mod.S_ISDIR(src.st_mode),
+        await self.gov.lock_wait(caller, "rename", path_old, Access.DELETE, subtree=stat_mod.S_ISDIR(src.st_mode),
                                  wait=False)
         if dst is not None:
-            await self.gov.lock_wait(caller, path_new, Access.DELETE, subtree=stat_mod.S_ISDIR(dst.st_mode),
+            await self.gov.lock_wait(caller, "rename", path_new, Access.DELETE, subtree=stat_mod.S_ISDIR(dst.st_mode),
                                      wait=False)
         else:
-            await self.gov.lock_wait(caller, path_new, Access.WRITE, wait=False)
+            await self.gov.lock_wait(caller, "rename", path_new, Access.WRITE, wait=False)
         replaced = self.inodes.child(parent_new, nn) if dst is not None and not exchange else None
         if replaced is not None and not replaced.is_dir and len(replaced.links) == 1:
             with contextlib.suppress(Stale, OSError):
@@ -492,8 +492,8 @@ class Operations(FileOps, DirOps, XattrOps, pyfuse3.Operations):
         self.gov.require(caller, "link", src_path, "r")
         self.gov.require(caller, "link", path, "c")
         self.gov.check_link(caller, src_path, path)
-        await self._lock_wait_names(caller, inode, src_path, Access.WRITE, wait=False)
-        await self.gov.lock_wait(caller, path, Access.WRITE, wait=False)
+        await self._lock_wait_names(caller, "link", inode, src_path, Access.WRITE, wait=False)
+        await self.gov.lock_wait(caller, "link", path, Access.WRITE, wait=False)
         pfd = self._fd(pnode)
         if node.kind == stat_mod.S_IFLNK:
             spnode, snm = self._a_link(node)

@@ -26,7 +26,7 @@ class DirOps:
         path = self._path(inode)
         if not self.gov.visible(caller, path):
             raise pyfuse3.FUSEError(errno.ENOENT)
-        await self.gov.lock_wait(caller, path, Access.READ)
+        await self.gov.lock_wait(caller, "opendir", path, Access.READ)
         return self._new_fh(DirHandle(inode, caller, path))
 
     @handler

@@ -74,7 +74,7 @@ class FileOps:
         acc = flags & os.O_ACCMODE
         need = ("r" if acc in (os.O_RDONLY, os.O_RDWR) else "") + ("w" if writable else "")
         self.gov.require(caller, "open", path, need)
-        await self._lock_wait_names(caller, inode, path, Access.WRITE if writable else Access.READ)
+        await self._lock_wait_names(caller, "open", inode, path, Access.WRITE if writable else Access.READ)
         fd = os.open(proc_path(self._fd(node)), (flags & ~OPEN_DROP) | os.O_CLOEXEC)
         return await self._opened(fd, node, caller, path, flags, writable)
 
@@ -116,7 +116,7 @@ class FileOps:
         self._reject_virtual_name(parent, nm)
         pfd = self._fd(pnode)
         self.gov.require(caller, "create", path, "c")
-        await self.gov.lock_wait(caller, path, Access.WRITE, wait=False)
+        await self.gov.lock_wait(caller, "create", path, Access.WRITE, wait=False)
         base = (flags & ~OPEN_DROP) | os.O_CLOEXEC | os.O_NOFOLLOW
         created = True
         try:

@@ -76,7 +76,7 @@ class XattrOps:
             raise pyfuse3.FUSEError(errno.ENOENT)
         self.gov.require(caller, "setxattr", path, "w")
         try:
-            await self._lock_wait_names(caller, inode, path, Access.WRITE, wait=False)
+            await self._lock_wait_names(caller, "setxattr", inode, path, Access.WRITE, wait=False)
         except Denied as e:
             # Linux hands a setxattr EAGAIN to the caller as EOPNOTSUPP ("not supported"): say busy.
             raise pyfuse3.FUSEError(errno.EBUSY if e.errno == errno.EAGAIN else e.errno) from None
@@ -95,7 +95,7 @@ class XattrOps:
         if not self.gov.visible(caller, path):
             raise pyfuse3.FUSEError(errno.ENOENT)
         self.gov.require(caller, "removexattr", path, "w")
-        await self._lock_wait_names(caller, inode, path, Access.WRITE, wait=False)
+        await self._lock_wait_names(caller, "removexattr", inode, path, Access.WRITE, wait=False)
         _, target = self._xattr_target(inode, name)
         os.removexattr(target, os.fsdecode(name))
         await self.gov.record(caller, "removexattr", path, details={"name": os.fsdecode(name)})
