@@ -84,6 +84,35 @@ wait_seconds = 5
 [audit]
 # Also record reads (opens for reading), not only changes and denials.
 reads = false
+# "process": a change is acknowledged once its record would survive the
+# daemon being killed (journaled in the page cache); "power": also a power
+# cut (each group commit is fsynced; slower on every change).
+durability = "process"
+# Retention: archive the oldest records to compressed JSON lines under
+# state/audit-archive/ (their chain still verifies) beyond this many live
+# records (0: no limit)...
+retention_records = 0
+# ...or once they are older than this many days (0: never).
+retention_days = 0
+
+[audit.runaway]
+# An agent stuck in a loop: more than this many changes in the sliding
+# window writes a "runaway" record and a warning in the daemon's log
+# (0 turns a threshold off). Override per agent in [agents.NAME.runaway].
+# Changes to one path: opens for writing, truncates, attribute changes,
+# renames onto it.
+writes_per_file_per_minute = 120
+# Files, directories and links created.
+new_files_per_minute = 1000
+# Changes of any kind.
+ops_per_minute = 0
+# "alert" records and logs; "deny" also refuses every change by that agent
+# for cooloff_seconds.
+action = "alert"
+# How long an agent stays refused after crossing a threshold under "deny".
+cooloff_seconds = 60
+# The sliding window the thresholds count in, in seconds.
+window_seconds = 60
 
 [search]
 # The embedding model of the search index ("minilm": all-MiniLM-L6-v2).
