@@ -57,3 +57,36 @@ def test_a_removed_object_has_no_real_path(table, monkeypatch):
     os.rmdir(root / "a")
     t.unlink(1, "a")
     assert t.real_path(a) is None
+
+
+def test_fd_closer_closes_descriptors_itself_past_its_backlog():
+    """Queued descriptors still count against RLIMIT_NOFILE: the queue is bounded."""
+    import fcntl
+    import threading
+
+    from agentfs.fuse.inodes import FdCloser
+
+    gate = threading.Event()
+
+    class Stalled(FdCloser):
+        def _run(self) -> None:
+            gate.wait()
+            super()._run()
+
+    def is_open(fd: int) -> bool:
+        try:
+            fcntl.fcntl(fd, fcntl.F_GETFD)
+            return True
+        except OSError:
+            return False
+
+    closer = Stalled()
+    fds = [os.open("/dev/null", os.O_RDONLY) for _ in range(FdCloser.BACKLOG_MAX + 10)]
+    try:
+        for fd in fds:
+            closer(fd)
+        assert [fd for fd in fds if is_open(fd)] == fds[:FdCloser.BACKLOG_MAX]
+    finally:
+        gate.set()
+        closer.stop()
+    assert not any(is_open(fd) for fd in fds)

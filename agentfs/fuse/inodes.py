@@ -50,13 +50,22 @@ class FdCloser:
     time blocked there.
     """
 
+    # Descriptors queued but not yet closed still count against RLIMIT_NOFILE.
+    # A burst of evictions (reopening the folders above a file 1,500 levels
+    # deep) can queue hundreds while the loop holds the GIL; past this many
+    # the caller closes them itself, so the queue never costs more than this.
+    BACKLOG_MAX = 64
+
     def __init__(self) -> None:
         self._q: queue.SimpleQueue[int | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="agentfs-fd-closer", daemon=True)
         self._thread.start()
 
     def __call__(self, fd: int) -> None:
-        self._q.put(fd)
+        if self._q.qsize() >= self.BACKLOG_MAX:
+            os.close(fd)
+        else:
+            self._q.put(fd)
 
     def _run(self) -> None:
         while (fd := self._q.get()) is not None:
