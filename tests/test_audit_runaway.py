@@ -61,7 +61,28 @@ def test_quiet_paths_are_swept_whatever_their_count():
     clock.t += 61
     for i in range(4096):
         d.check("a", "write", "/again")
-    assert len(d._hits) == 1 and alerts[-1].path == "/again"
+    assert d.tracked() == {("a", "writes_per_file_per_minute", "/again")} and alerts[-1].path == "/again"
+
+
+def test_a_busy_path_keeps_only_the_timestamps_that_can_cross_its_threshold():
+    """Memory per path is bounded by the threshold, and the window still slides exactly."""
+    d, alerts, clock = _detector(RunawayRule(writes_per_file_per_minute=3))
+    for _ in range(50):
+        d.check("a", "write", "/hot")
+        clock.t += 0.5
+    assert len(alerts) == 1 and alerts[0].count == 4
+    assert len(d._hits["a"]["writes_per_file_per_minute"]["/hot"]) == 4
+    clock.t += 61  # the window has passed: a new crossing alerts again, at the 4th change
+    for i in range(4):
+        d.check("a", "write", "/hot")
+        clock.t += 10
+        assert len(alerts) == (1 if i < 3 else 2)
+    # 4 changes spread over more than the window never cross it
+    clock.t += 61
+    for _ in range(8):
+        d.check("a", "write", "/slow")
+        clock.t += 20.5
+    assert len(alerts) == 2
 
 
 def test_the_window_slides():
@@ -98,7 +119,7 @@ def test_a_removal_counts_as_a_change_but_not_against_its_path():
     d, alerts, clock = _detector(RunawayRule(writes_per_file_per_minute=2, ops_per_minute=5))
     for _ in range(3):
         assert d.check("a", "unlink", "/f", removal=True) is False
-    assert alerts == [] and not any(k[2] == "/f" for k in d._hits)
+    assert alerts == [] and not any(k[2] == "/f" for k in d.tracked())
     for _ in range(3):
         d.check("b", "create", "/g")
         d.check("b", "unlink", "/g", removal=True)
@@ -198,7 +219,7 @@ def test_sweeping_costs_a_bounded_amount_per_change_however_many_paths_are_remem
     d, _alerts, _clock = _detector(RunawayRule(writes_per_file_per_minute=5))
     visited: list[int] = []
     real = d._sweep
-    d._sweep = lambda now, window: (visited.append(len(d._hits)), real(now, window))
+    d._sweep = lambda now, window: (visited.append(len(d.tracked())), real(now, window))
     n = 40_000
     for i in range(n):
         d.check("a", "write", f"/f{i}")
