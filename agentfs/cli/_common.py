@@ -31,7 +31,8 @@ def resolve_workspace(workspace_opt: str | None) -> Workspace:
     return find_workspace(explicit_workspace(workspace_opt))
 
 
-def _same_workspace(a: Path, b: str) -> bool:
+def same_workspace(a: Path | str, b: Path | str) -> bool:
+    """Whether two spellings name one workspace directory."""
     # realpath, not Workspace.open: an agent may not read the workspace (root's, 0700).
     return os.path.realpath(a) == os.path.realpath(b)
 
@@ -42,7 +43,7 @@ def mount_of_workspace(ws: str) -> Path:
     Which mount matters: its daemon decides who the caller is (a mount made
     with --agent speaks for one agent), so with several it is never guessed.
     """
-    mounts = [m for m, root in mounts_of_agentfs() if _same_workspace(root, ws)]
+    mounts = [m for m, root in mounts_of_agentfs() if same_workspace(root, ws)]
     if not mounts:
         raise AgentfsError(f"{ws} is not mounted: mount it with `agentfs mount {ws} MNT`, "
                            "or give a path on a mount")
@@ -69,7 +70,7 @@ def path_on_mount(path: str, workspace_opt: str | None) -> str:
     explicit = explicit_workspace(workspace_opt)
     found = mount_containing(Path(os.path.abspath(path)))
     if found is not None:
-        if explicit and not _same_workspace(found[1], explicit):
+        if explicit and not same_workspace(found[1], explicit):
             raise AgentfsError(f"{path} is on a mount of {found[1]}, not of {explicit}: "
                                "drop -w, or give a path in that workspace")
         return path

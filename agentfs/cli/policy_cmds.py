@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 import posixpath
+from pathlib import Path
 
 import click
 
 from agentfs.cli._common import echo_json, resolve_workspace, workspace_option
 from agentfs.core.policy import Policy
 from agentfs.errors import AgentfsError
-from agentfs.workspace import mounts_of_agentfs, path_in_mount
+from agentfs.workspace import mount_containing, path_in_mount
 
 
 def normalize_policy_path(path: str) -> str:
@@ -19,13 +20,9 @@ def normalize_policy_path(path: str) -> str:
     A relative path is taken from the current directory, as a shell would,
     and must then lie on a mount.
     """
-    if not path.startswith("/"):
-        absolute = os.path.abspath(path)
-        if any(absolute == str(m) or absolute.startswith(str(m).rstrip("/") + "/") for m, _ in mounts_of_agentfs()):
-            return path_in_mount(absolute)[1]
-    if path.startswith("/") and any(path == str(m) or path.startswith(str(m).rstrip("/") + "/")
-                                    for m, _ in mounts_of_agentfs()):
-        return path_in_mount(path)[1]
+    absolute = os.path.abspath(path)
+    if mount_containing(Path(absolute)) is not None:
+        return path_in_mount(absolute)[1]
     if not path.startswith("/"):
         raise AgentfsError(f"{path!r} is not on a mount: give a policy path starting with '/' "
                            "(the data root), or a path on a mount")

@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from agentfs.cli._common import (echo_json, explicit_workspace, mount_of_workspace, path_on_mount,
-                                 resolve_workspace, workspace_option)
+                                 resolve_workspace, same_workspace, workspace_option)
 from agentfs.errors import AgentfsError
 from agentfs.workspace import mount_containing
 
@@ -83,7 +83,7 @@ def whoami_cmd(path: str | None, as_json: bool, workspace_opt: str | None) -> No
     ws = explicit_workspace(workspace_opt)
     if path is None and found is None and not ws:
         ws = os.environ.get("AGENTFS_WORKSPACE")
-    if path is None and ws and (found is None or os.path.realpath(found[1]) != os.path.realpath(ws)):
+    if path is None and ws and (found is None or not same_workspace(found[1], ws)):
         found = (mount_of_workspace(ws), Path(ws))
     if found is None:
         raise AgentfsError(f"{here} is not on an agentfs mount: cd into one, give a path on it, or pass -w WS")
