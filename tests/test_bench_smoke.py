@@ -62,6 +62,22 @@ def test_quick_run_prints_a_table_and_writes_json(tmp_path: Path) -> None:
     assert not base.exists()
 
 
+def test_code_runs_a_target_from_another_source_tree_and_logs_the_loop_cpu(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    r = subprocess.run([sys.executable, str(BENCH), "--quick", "--repeat", "1", "--only", "find",
+                        "--targets", "governed", "--variant", "tree=", "--code", f"tree={REPO}", "-v",
+                        "--dir", str(tmp_path / "base"), "--json", str(out)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(out.read_text())
+    assert {t["name"]: t["code"] for t in doc["targets"]} == {"governed": None, "tree": str(REPO)}
+    assert "loop_user_s" in doc["workloads"]["find"]["details"]["tree"]
+    assert "loop user" in r.stderr
+    bad = subprocess.run([sys.executable, str(BENCH), "--code", f"nosuch={REPO}", "--dir", str(tmp_path / "b")],
+                         capture_output=True, text=True, timeout=30)
+    assert bad.returncode != 0 and "--code 'nosuch=" in bad.stderr and "Traceback" not in bad.stderr
+
+
 def test_unknown_workload_is_one_line(tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, str(BENCH), "--only", "nosuch", "--dir", str(tmp_path / "b")],
                        capture_output=True, text=True, timeout=30)
