@@ -79,6 +79,29 @@ def test_lock_writes_the_xattr(mnt, xattr):
     assert xattr.calls[-1][3] == b"exclusive;ttl=2.5"
 
 
+def test_lock_and_unlock_json_name_the_paths_and_parse_the_holders(mnt, xattr):
+    f = mnt / "research" / "notes.md"
+    r = run("lock", "--json", f)
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output) == {
+        "path": str(f), "workspace_path": "/research/notes.md", "locked": True,
+        "holders": [{"mode": "exclusive", "agent": "researcher", "expires": "2026-11-24T02:10:00Z",
+                     "ttl": 287, "token": 42}]}
+    r = run("unlock", "--json", f)
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["unlocked"] is True
+
+
+def test_holders_keep_a_parent_path_with_spaces_whole(monkeypatch):
+    monkeypatch.setattr(lock_cmds.os, "getxattr", lambda p, n: (
+        b"exclusive holder=a expires=2026-11-24T02:10:00Z ttl=5 token=1 session=9 on=/my dir\n"
+        b"shared holder=b expires=2026-11-24T02:10:00Z ttl=7 token=2"))
+    assert lock_cmds.holders("x") == [
+        {"mode": "exclusive", "agent": "a", "expires": "2026-11-24T02:10:00Z", "ttl": 5, "token": 1,
+         "session_id": 9, "on": "/my dir"},
+        {"mode": "shared", "agent": "b", "expires": "2026-11-24T02:10:00Z", "ttl": 7, "token": 2}]
+
+
 def test_lock_retries_on_eagain_until_wait(mnt, xattr):
     xattr.set_errors = [errno.EAGAIN, errno.EAGAIN]
     r = run("lock", "--wait", "5", mnt / "research")

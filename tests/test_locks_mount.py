@@ -568,6 +568,16 @@ def test_cli_with_w_uses_the_only_mount_from_anywhere(slow):
                           env={**os.environ, "AGENTFS_WORKSPACE": ws}).stdout)["agent"] == "alice"
     run([AGENTFS, "unlock", "-w", ws, f"{rel}/d/f"], user="agentfs-t1", cwd="/")
     assert lock_info(base / "d/f") == ""
+    # --json: where the path is, on the mount and in the workspace, and who holds it
+    got = json.loads(run([AGENTFS, "lock", "--json", "--shared", "--ttl", "60", "-w", ws, f"{rel}/d/g"],
+                         user="agentfs-t1", cwd="/").stdout)
+    assert (got["path"], got["workspace_path"], got["locked"]) == (f"{slow.mnt}{rel}/d/g", f"{rel}/d/g", True)
+    [held] = got["holders"]
+    assert (held["mode"], held["agent"], held["ttl"] <= 60, isinstance(held["token"], int)) == \
+        ("shared", "alice", True, True)
+    got = json.loads(run([AGENTFS, "unlock", "--json", str(base / "d/g")], user="agentfs-t1").stdout)
+    assert (got["unlocked"], got["holders"]) == (True, [])
+    assert lock_info(base / "d/g") == ""
 
 
 def audit(ws, *args: str) -> list[dict]:

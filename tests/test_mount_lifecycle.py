@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -84,3 +85,25 @@ def test_stale_mount_is_recovered_by_mounting_again(ws, workdir):
         assert is_stale(mnt), "a killed daemon should leave ENOTCONN behind"
         with mounted(ws, mnt) as m2:
             assert m2.answers()
+
+
+def test_init_policy_check_mount_and_umount_speak_json(workdir):
+    """--json everywhere: a script can drive a workspace's life without parsing prose."""
+    made = json.loads(run([AGENTFS, "init", "--json", str(workdir / "jws")]).stdout)
+    ws = made["workspace"]
+    assert made == {"workspace": ws, "policy": f"{ws}/agentfs.toml", "data": f"{ws}/data",
+                    "state_db": f"{ws}/state/state.db"}
+    assert Path(made["policy"]).is_file() and Path(made["data"]).is_dir()
+    checked = json.loads(run([AGENTFS, "policy", "check", "--json", "-w", ws]).stdout)
+    assert checked == {"ok": True, "policy": made["policy"], "agents": ["nobody"], "rules": 0}
+    mnt = workdir / "jmnt"
+    mnt.mkdir()
+    up = json.loads(run([AGENTFS, "mount", "--json", ws, str(mnt)]).stdout)
+    try:
+        assert (up["workspace"], up["mountpoint"], up["agent"]) == (ws, str(mnt), None)
+        os.kill(up["pid"], 0)  # the daemon it names is alive
+        assert Path(f"/proc/{up['pid']}/cmdline").read_bytes().count(b"agentfs") >= 1
+    finally:
+        down = json.loads(run([AGENTFS, "umount", "--json", str(mnt)]).stdout)
+    assert down == {"mountpoint": str(mnt), "unmounted": True, "lazy": False}
+    assert not os.path.ismount(mnt)

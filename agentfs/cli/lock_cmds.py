@@ -57,6 +57,35 @@ def _holder(path: str) -> str:
         return ""
 
 
+def _described(path: str, **state: bool) -> dict:
+    """The JSON of lock and unlock: where PATH is (on the mount and in the workspace) and who holds it."""
+    p = Path(os.path.abspath(path))
+    mnt = mountpoint_of(path)
+    rel = p.relative_to(mnt).as_posix()
+    return {"path": str(p), "workspace_path": "/" if rel == "." else "/" + rel, **state, "holders": holders(path)}
+
+
+def holders(path: str) -> list[dict]:
+    """The getfattr lines of `path` as objects (the shape `agentfs locks --json` uses for the same fields)."""
+    try:
+        text = os.getxattr(path, XATTR).decode(errors="replace")
+    except OSError:
+        return []
+    out = []
+    for line in text.splitlines():
+        line, _, on = line.partition(" on=")  # the last field, and a path may hold spaces
+        mode, *pairs = line.split()
+        entry: dict = {"mode": mode}
+        for pair in pairs:
+            key, _, value = pair.partition("=")
+            key = {"holder": "agent", "session": "session_id"}.get(key, key)
+            entry[key] = int(value) if key in ("ttl", "token", "session_id") and value.isdigit() else value
+        if on:
+            entry["on"] = on
+        out.append(entry)
+    return out
+
+
 def is_busy(e: OSError, path: str) -> bool:
     """Whether a failed setxattr means "another agent holds it".
 
@@ -135,8 +164,10 @@ def set_lock(path: str, value: bytes, wait: float) -> None:
               help="Lease in seconds (default: [locks].default_ttl); lock again to renew.")
 @click.option("--wait", type=float, default=0.0, metavar="S",
               help="Keep trying this many seconds while another agent holds it.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object: the path and who holds it now.")
 @workspace_option
-def lock_cmd(path: str, shared: bool, ttl: float | None, wait: float, workspace_opt: str | None) -> None:
+def lock_cmd(path: str, shared: bool, ttl: float | None, wait: float, as_json: bool,
+             workspace_opt: str | None) -> None:
     """Lock PATH (a file or directory on a mount) for the calling agent.
 
     With -w WS, PATH may also be a path in the workspace (/reports/q3.md):
@@ -146,6 +177,9 @@ def lock_cmd(path: str, shared: bool, ttl: float | None, wait: float, workspace_
     path = path_on_mount(path, workspace_opt)
     mountpoint_of(path)
     set_lock(path, value, max(0.0, wait))
+    if as_json:
+        echo_json(_described(path, locked=True))
+        return
     held = _holder(path)
     click.echo(f"locked {path}" + (f": {held}" if held else ""))
 
@@ -154,8 +188,9 @@ def lock_cmd(path: str, shared: bool, ttl: float | None, wait: float, workspace_
 @click.argument("path")
 @click.option("--force", is_flag=True,
               help="Break another agent's lock (needs the l right on PATH).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object: the path and who still holds it.")
 @workspace_option
-def unlock_cmd(path: str, force: bool, workspace_opt: str | None) -> None:
+def unlock_cmd(path: str, force: bool, as_json: bool, workspace_opt: str | None) -> None:
     """Release the calling agent's lock on PATH (with -w WS, also a path in the workspace)."""
     path = path_on_mount(path, workspace_opt)
     mountpoint_of(path)
@@ -165,6 +200,9 @@ def unlock_cmd(path: str, force: bool, workspace_opt: str | None) -> None:
         os.removexattr(path, XATTR)
     except OSError as e:
         raise _explain(e, path, "unlock") from None
+    if as_json:
+        echo_json(_described(path, unlocked=True))
+        return
     click.echo(f"unlocked {path}")
 
 

@@ -38,11 +38,16 @@ def policy_group() -> None:
 @policy_group.command("check")
 @workspace_option
 @click.argument("ws_arg", metavar="[WS]", required=False)
-def check_cmd(workspace_opt: str | None, ws_arg: str | None) -> None:
+@click.option("--json", "as_json", is_flag=True, help="One JSON object: ok, agents, rules (errors still exit 1).")
+def check_cmd(workspace_opt: str | None, ws_arg: str | None, as_json: bool) -> None:
     """Validate WS/agentfs.toml: "ok: N agents, M rules", or the error with its line."""
     ws = resolve_workspace(ws_arg or workspace_opt)
     policy = Policy.load(ws.policy_path)
     agents = [a for a in policy.agents.values() if not a.implicit]
+    if as_json:
+        echo_json({"ok": True, "policy": str(ws.policy_path), "agents": sorted(a.name for a in agents),
+                   "rules": policy.rule_count})
+        return
     click.echo(f"ok: {len(agents)} agents, {policy.rule_count} rules")
 
 
