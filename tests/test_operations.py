@@ -70,6 +70,14 @@ def test_status_tells_how_to_remount_a_dedicated_mount_with_its_agent(workdir):
             run(["fusermount3", "-u", str(mnt)], check=False)
 
 
+def test_install_units_json_names_the_files(tmp_path):
+    dest = tmp_path / "units-json"
+    got = json.loads(run([AGENTFS, "install-units", "--json", "--dest", str(dest)]).stdout)
+    assert got == {"installed": [str(dest / "agentfs@.service"), str(dest / "agentfs-index@.service")],
+                   "systemd_reloaded": False}
+    assert all(Path(p).read_text() == (REPO / "systemd" / Path(p).name).read_text() for p in got["installed"])
+
+
 def test_units_pass_systemd_analyze_verify(tmp_path):
     if shutil.which("systemd-analyze") is None:
         pytest.skip("systemd-analyze is not installed on this machine")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from agentfs.cli._common import echo_json
 from agentfs.errors import AgentfsError
 
 UNITS = ("agentfs@.service", "agentfs-index@.service")
@@ -25,7 +26,8 @@ def unit_sources() -> Path:
 @click.command("install-units")
 @click.option("--dest", default="/etc/systemd/system", show_default=True, type=click.Path(file_okay=False),
               help="Directory to install the units into.")
-def install_units_cmd(dest: str) -> None:
+@click.option("--json", "as_json", is_flag=True, help="One JSON object: the files installed, whether systemd reloaded.")
+def install_units_cmd(dest: str, as_json: bool) -> None:
     """Install agentfs@.service and agentfs-index@.service.
 
     Layout: workspace /srv/agentfs/NAME, mountpoint /mnt/agentfs/NAME. Then:
@@ -36,9 +38,15 @@ def install_units_cmd(dest: str) -> None:
     target.mkdir(parents=True, exist_ok=True)
     for u in UNITS:
         shutil.copyfile(src / u, target / u)
-        click.echo(f"installed {target / u}")
-    if Path("/run/systemd/system").is_dir() and dest == "/etc/systemd/system":
+    reloaded = Path("/run/systemd/system").is_dir() and dest == "/etc/systemd/system"
+    if reloaded:
         subprocess.run(["systemctl", "daemon-reload"], check=False)
+    if as_json:
+        echo_json({"installed": [str(target / u) for u in UNITS], "systemd_reloaded": reloaded})
+        return
+    for u in UNITS:
+        click.echo(f"installed {target / u}")
+    if reloaded:
         click.echo("systemd reloaded")
     click.echo("next: agentfs init /srv/agentfs/NAME && systemctl enable --now agentfs@NAME agentfs-index@NAME")
 
