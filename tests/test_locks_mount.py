@@ -592,9 +592,16 @@ def test_a_lock_refusal_is_recorded_as_the_operation_attempted(fast):
     assert fast.w["bob"].err("os.unlink(p)", p=str(base / "d/g")) == "EAGAIN"
     assert fast.w["bob"].err("os.mkdir(p)", p=str(base / "d/new")) == "EAGAIN"
     unlock(fast.w["alice"], base / "d")
-    got = {(r["op"], r["path"]): r for r in audit(fast.ws, "--agent", "bob", "--path", f"{rel}/d")
-           if r["result"] == "EAGAIN"}
-    assert set(got) == {("open", f"{rel}/d/f"), ("unlink", f"{rel}/d/g"), ("mkdir", f"{rel}/d/new")}, got
+    want = {("open", f"{rel}/d/f"), ("unlink", f"{rel}/d/g"), ("mkdir", f"{rel}/d/new")}
+
+    def refusals() -> dict:
+        return {(r["op"], r["path"]): r for r in audit(fast.ws, "--agent", "bob", "--path", f"{rel}/d")
+                if r["result"] == "EAGAIN"}
+
+    # Denials are committed with the next group (up to COMMIT_EVERY_S later), not before the reply.
+    wait_for(lambda: len(refusals()) >= len(want), timeout=10, interval=0.05, what="the refusals' records")
+    got = refusals()
+    assert set(got) == want, got
     assert got[("open", f"{rel}/d/f")]["details"] == {"lock": "alice", "mode": "exclusive", "on": f"{rel}/d",
                                                       "access": "read"}
     assert got[("unlink", f"{rel}/d/g")]["details"]["access"] == "delete"
