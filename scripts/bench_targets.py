@@ -100,12 +100,17 @@ def stop(t: Target) -> None:
     t.pid = None
 
 
-def _cpu_ticks(pid: int) -> int | None:
+def _stat_fields(stat_path: str) -> list[str] | None:
+    """The fields of a /proc .../stat file after the command name (utime is [11], stime [12])."""
     try:
-        f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return Path(stat_path).read_text().rsplit(")", 1)[1].split()
     except OSError:
         return None
-    return int(f[11]) + int(f[12])  # utime + stime, all threads
+
+
+def _cpu_ticks(pid: int) -> int | None:
+    f = _stat_fields(f"/proc/{pid}/stat")
+    return None if f is None else int(f[11]) + int(f[12])  # utime + stime, all threads
 
 
 def _family_ticks(pid: int) -> tuple[int | None, ...]:
@@ -147,13 +152,8 @@ def family_cpu_s(t: Target) -> float | None:
 
 def loop_user_s(t: Target) -> float | None:
     """User CPU seconds of a daemon's main thread so far: its FUSE loop, where every request's Python runs."""
-    if t.pid is None:
-        return None
-    try:
-        f = Path(f"/proc/{t.pid}/task/{t.pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return int(f[11]) / os.sysconf("SC_CLK_TCK")
+    f = None if t.pid is None else _stat_fields(f"/proc/{t.pid}/task/{t.pid}/stat")
+    return None if f is None else int(f[11]) / os.sysconf("SC_CLK_TCK")
 
 
 def remove_base(base: Path) -> None:

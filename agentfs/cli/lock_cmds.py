@@ -19,7 +19,7 @@ from pathlib import Path
 import click
 
 from agentfs.cli._common import echo_json, path_on_mount, resolve_workspace, workspace_option
-from agentfs.core.lock_format import format_locks_listing, parse_locks_listing
+from agentfs.core.lock_format import format_locks_listing, parse_lock_xattr_lines, parse_locks_listing
 from agentfs.core.locks import list_locks
 from agentfs.errors import AgentfsError
 from agentfs.workspace import mounts_of_agentfs
@@ -57,10 +57,9 @@ def _holder(path: str) -> str:
         return ""
 
 
-def _described(path: str, **state: bool) -> dict:
-    """The JSON of lock and unlock: where PATH is (on the mount and in the workspace) and who holds it."""
+def _described(path: str, mnt: Path, **state: bool) -> dict:
+    """The JSON of lock and unlock: where PATH is (on mount `mnt` and in the workspace) and who holds it."""
     p = Path(os.path.abspath(path))
-    mnt = mountpoint_of(path)
     rel = p.relative_to(mnt).as_posix()
     return {"path": str(p), "workspace_path": "/" if rel == "." else "/" + rel, **state, "holders": holders(path)}
 
@@ -68,22 +67,9 @@ def _described(path: str, **state: bool) -> dict:
 def holders(path: str) -> list[dict]:
     """The getfattr lines of `path` as objects (the shape `agentfs locks --json` uses for the same fields)."""
     try:
-        text = os.getxattr(path, XATTR).decode(errors="replace")
+        return parse_lock_xattr_lines(os.getxattr(path, XATTR).decode(errors="replace"))
     except OSError:
         return []
-    out = []
-    for line in text.splitlines():
-        line, _, on = line.partition(" on=")  # the last field, and a path may hold spaces
-        mode, *pairs = line.split()
-        entry: dict = {"mode": mode}
-        for pair in pairs:
-            key, _, value = pair.partition("=")
-            key = {"holder": "agent", "session": "session_id"}.get(key, key)
-            entry[key] = int(value) if key in ("ttl", "token", "session_id") and value.isdigit() else value
-        if on:
-            entry["on"] = on
-        out.append(entry)
-    return out
 
 
 def is_busy(e: OSError, path: str) -> bool:
@@ -175,10 +161,10 @@ def lock_cmd(path: str, shared: bool, ttl: float | None, wait: float, as_json: b
     """
     value = lock_value(shared, ttl)
     path = path_on_mount(path, workspace_opt)
-    mountpoint_of(path)
+    mnt = mountpoint_of(path)
     set_lock(path, value, max(0.0, wait))
     if as_json:
-        echo_json(_described(path, locked=True))
+        echo_json(_described(path, mnt, locked=True))
         return
     held = _holder(path)
     click.echo(f"locked {path}" + (f": {held}" if held else ""))
@@ -193,7 +179,7 @@ def lock_cmd(path: str, shared: bool, ttl: float | None, wait: float, as_json: b
 def unlock_cmd(path: str, force: bool, as_json: bool, workspace_opt: str | None) -> None:
     """Release the calling agent's lock on PATH (with -w WS, also a path in the workspace)."""
     path = path_on_mount(path, workspace_opt)
-    mountpoint_of(path)
+    mnt = mountpoint_of(path)
     if force:
         set_lock(path, FORCE_VALUE, 0.0)
     try:
@@ -201,7 +187,7 @@ def unlock_cmd(path: str, force: bool, as_json: bool, workspace_opt: str | None)
     except OSError as e:
         raise _explain(e, path, "unlock") from None
     if as_json:
-        echo_json(_described(path, unlocked=True))
+        echo_json(_described(path, mnt, unlocked=True))
         return
     click.echo(f"unlocked {path}")
 

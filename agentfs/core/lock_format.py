@@ -40,6 +40,23 @@ def format_lock_xattr(locks: list[Lock], now_ns: int, path: str | None = None) -
     return "\n".join(lines).encode()
 
 
+def parse_lock_xattr_lines(text: str) -> list[dict]:
+    """The lines `format_lock_xattr` writes, as dicts (the keys of `Lock.to_json`, in part; `on` if given)."""
+    out = []
+    for line in text.splitlines():
+        line, _, on = line.partition(" on=")  # the last field, and a path may hold spaces
+        mode, *pairs = line.split()
+        entry: dict = {"mode": mode}
+        for pair in pairs:
+            key, _, value = pair.partition("=")
+            key = {"holder": "agent", "session": "session_id"}.get(key, key)
+            entry[key] = int(value) if key in ("ttl", "token", "session_id") and value.isdigit() else value
+        if on:
+            entry["on"] = on
+        out.append(entry)
+    return out
+
+
 def parse_lock_xattr(value: bytes) -> tuple[LockMode, float | None, bool]:
     """Parse what an agent writes to `user.agentfs.lock`: MODE[;ttl=SECONDS][;force].
 
