@@ -16,6 +16,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import subprocess
 import tempfile
 import time
@@ -267,8 +268,10 @@ def test_a_lock_covers_a_hard_linked_file_under_each_of_its_names(fast):
     """The kernel names no path in open or setattr: every name of the file the daemon knows is checked.
 
     (Known names: those the kernel looked up since it last forgot the inode, which
-    always include the one the caller goes through. Another name, never looked up,
-    or forgotten after a drop_caches, is not covered: hence no claim about out/h.)
+    always include the one the caller goes through. The lock here is on the folder:
+    another name outside it, never looked up, or forgotten after a drop_caches, is
+    not covered, hence no claim about out/h. A lock on the file itself is: see the
+    next test.)
     """
     rel, base = fast.case(owner="bob")
     os.link(fast.ws.data_path / rel.lstrip("/") / "d/f", fast.ws.data_path / rel.lstrip("/") / "out/h")
@@ -281,6 +284,29 @@ def test_a_lock_covers_a_hard_linked_file_under_each_of_its_names(fast):
         assert bob.err(code, p=str(base / "d/f")) in ("EAGAIN", "EBUSY"), code
     unlock(fast.w["alice"], base / "d")
     assert bob.ok("open(p).read()", p=str(base / "out/h")) == "hello\n"
+
+
+def test_a_lock_covers_a_hard_linked_name_its_daemon_never_looked_up(fast):
+    """bob's mount is another daemon: it learns only out/h, yet alice's lock on d/f (the same file) holds."""
+    rel, base = fast.case(owner="bob")
+    data = fast.ws.data_path / rel.lstrip("/")
+    os.link(data / "d/f", data / "out/h")
+    via_bob = fast.mnt2 / rel.lstrip("/") / "out/h"  # root on bob's dedicated mount is bob
+    lock(fast.w["alice"], base / "d/f")
+    with pytest.raises(BlockingIOError):
+        via_bob.read_text()
+    for change, code in ((lambda: os.truncate(via_bob, 0), errno.EAGAIN),
+                         (lambda: os.chmod(via_bob, 0o600), errno.EAGAIN),
+                         (lambda: os.setxattr(via_bob, "user.k", b"x"), errno.EBUSY)):  # setxattr says busy
+        with pytest.raises(OSError) as e:
+            change()
+        assert e.value.errno == code
+    # a name nobody locked, of a file with one link, is not held up by the mapping
+    assert (fast.mnt2 / rel.lstrip("/") / "other").read_text() == "other\n"
+    unlock(fast.w["alice"], base / "d/f")
+    assert via_bob.read_text() == "hello\n"
+    os.chmod(via_bob, 0o640)
+    assert stat.S_IMODE((data / "d/f").stat().st_mode) == 0o640
 
 
 def test_shared_lock_lets_others_read_but_not_change(fast):

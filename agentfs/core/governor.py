@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 from agentfs.core.lock_types import Access
 
@@ -87,6 +87,14 @@ class OpenGovernor:
 
         `op` names the request (open, unlink...) for the record of a refusal.
         """
+
+    def locked_paths(self) -> tuple[object | None, Sequence[str]]:
+        """Every path that has a lock, and a key that changes whenever that list may have.
+
+        For front ends that must map locks onto their own objects (the other
+        names of a hard-linked file) and cache the mapping.
+        """
+        return None, ()
 
     async def record(self, caller: Caller, op: str, path: str, new_path: str | None = None,
                      result: str = "ok", details: dict[str, Any] | None = None) -> None:

@@ -335,6 +335,10 @@ class LockManager:
             return held[0]
 
     # ---- reading --------------------------------------------------------
+    def snapshot(self) -> Snapshot:
+        """The current table; a new object whenever it changed (callers key caches on it)."""
+        return self._refresh()
+
     def get(self, path: str) -> builtins.list[Lock]:
         """Live locks on exactly `path`, exclusive first."""
         now = time.time_ns()

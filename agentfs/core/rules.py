@@ -14,7 +14,7 @@ import logging
 import os
 import time
 import uuid
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence
 
 import trio
 
@@ -201,6 +201,12 @@ class WorkspaceGovernor:
                        {"lock": e.lock.agent, "mode": e.lock.mode.value, "on": e.lock.path,
                         "access": access.value})
             raise Denied(errno.EAGAIN, str(e)) from None
+
+    def locked_paths(self) -> tuple[object | None, Sequence[str]]:
+        if not self.locks_on:
+            return None, ()
+        snap = self.locks.snapshot()
+        return snap, snap.paths
 
     def lock_xattr_get(self, caller: Caller, path: str) -> bytes:
         if not self.visible(caller, path):

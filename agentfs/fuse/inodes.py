@@ -135,6 +135,9 @@ class InodeTable:
         self._dir_paths: dict[int, tuple[int, str]] = {root.ino: (0, "/")}
         # Bumped by every move this daemon makes: cached /proc paths may be stale.
         self._moves = 0
+        # Bumped whenever a name goes away (unlink, rmdir, a move's source or
+        # target): what a path names may have changed (LockedLinks).
+        self.removals = 0
 
     def __len__(self) -> int:
         return len(self._by_ino)
@@ -189,6 +192,7 @@ class InodeTable:
         ino = self._children.pop((parent, name), None)
         if ino is None:
             return None
+        self.removals += 1
         node = self._by_ino.get(ino)
         if node is not None:
             node.real = None

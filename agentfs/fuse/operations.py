@@ -21,6 +21,7 @@ from agentfs.core.governor import Access, Caller, OpenGovernor
 from agentfs.fuse.backing_io import BackingIO
 from agentfs.fuse.handles import DirHandle, FileHandle
 from agentfs.fuse.inodes import Inode, InodeTable, Stale
+from agentfs.fuse.lock_aliases import LockedLinks
 from agentfs.fuse.ops_dirs import DirOps
 from agentfs.fuse.ops_files import FileOps
 from agentfs.fuse.ops_xattrs import XattrOps
@@ -39,6 +40,7 @@ class Operations(FileOps, DirOps, XattrOps, pyfuse3.Operations):
                  inodes: InodeTable | None = None) -> None:
         super().__init__()
         self.inodes = inodes or InodeTable(root_fd)
+        self._locked_links = LockedLinks()
         self.gov = governor or OpenGovernor()
         self.virtual = virtual
         self._handles: dict[int, FileHandle | DirHandle] = {}
@@ -154,10 +156,14 @@ class Operations(FileOps, DirOps, XattrOps, pyfuse3.Operations):
 
         open, setattr and xattr requests name no path, and `path` is just one
         of a hard-linked file's names: a lock on the name (or the directory)
-        the caller went through must stop it all the same.
+        the caller went through must stop it all the same, and so must a lock
+        on a name this daemon never looked up (LockedLinks).
         """
         node = self.inodes.get(inode)
-        for p in self.inodes.paths(inode) if len(node.links) > 1 else (path,):
+        names = self.inodes.paths(inode) if len(node.links) > 1 else [path]
+        for p in names:
+            await self.gov.lock_wait(caller, op, p, access, wait=wait)
+        for p in self._locked_links.others(self.gov, self.inodes, node, names):
             await self.gov.lock_wait(caller, op, p, access, wait=wait)
 
     def _virtual(self, ino: int) -> bool:

@@ -51,3 +51,26 @@ def walk_below(dir_fd: int, name: str, path: str) -> Iterator[tuple[str, int]]:
         for fd, _, entries in stack:
             entries.close()
             os.close(fd)
+
+
+def lstat_below(root_fd: int, path: str) -> os.stat_result | None:
+    """The lstat of workspace `path` under `root_fd`, or None if it is not there.
+
+    Each folder on the way is opened with O_NOFOLLOW, so a symlink anywhere
+    in the path gives None rather than something outside the tree.
+    """
+    parts = [p for p in path.split("/") if p]
+    if not parts:
+        return os.fstat(root_fd)
+    flags = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    fd, opened = root_fd, []
+    try:
+        for part in parts[:-1]:
+            fd = os.open(part, flags, dir_fd=fd)
+            opened.append(fd)
+        return os.stat(parts[-1], dir_fd=fd, follow_symlinks=False)
+    except OSError:
+        return None
+    finally:
+        for o in opened:
+            os.close(o)
