@@ -56,8 +56,9 @@ def walk_below(dir_fd: int, name: str, path: str) -> Iterator[tuple[str, int]]:
 def lstat_below(root_fd: int, path: str) -> os.stat_result | None:
     """The lstat of workspace `path` under `root_fd`, or None if it is not there.
 
-    Each folder on the way is opened with O_NOFOLLOW, so a symlink anywhere
-    in the path gives None rather than something outside the tree.
+    Each folder on the way is opened with O_NOFOLLOW, so a symlink in place
+    of one gives None rather than something outside the tree; a symlink at
+    the end is described itself, as lstat does.
     """
     parts = [p for p in path.split("/") if p]
     if not parts:
