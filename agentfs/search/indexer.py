@@ -20,6 +20,7 @@ from typing import Callable, Iterable
 from agentfs.search.chunker import chunk_text
 from agentfs.search.extract import MAX_FILE_BYTES, extract
 from agentfs.search.index import IndexDB
+from agentfs.store.walk import lstat_below, open_below
 from agentfs.workspace import Workspace
 
 log = logging.getLogger(__name__)
@@ -53,32 +54,18 @@ class Indexer:
 
     def _open(self, path: str, flags: int) -> int:
         """An fd for workspace path `path` ("/a/b"), refusing symlinks at every step."""
-        parts = [p for p in path.split("/") if p]
-        if any(p in (".", "..") for p in parts):
-            raise OSError(errno.EINVAL, "bad path", path)
-        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
+        root = os.open(self.root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            for p in parts[:-1]:
-                nfd = os.open(p, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
-                os.close(fd)
-                fd = nfd
-            if not parts:
-                return fd
-            last = os.open(parts[-1], flags | os.O_NOFOLLOW, dir_fd=fd)
+            return open_below(root, path, flags)
         finally:
-            if parts:
-                os.close(fd)
-        return last
+            os.close(root)
 
     def _stat(self, path: str) -> os.stat_result | None:
+        root = os.open(self.root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            fd = self._open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_PATH)
-        except OSError:
-            return None
-        try:
-            return os.fstat(fd)
+            return lstat_below(root, path)
         finally:
-            os.close(fd)
+            os.close(root)
 
     def _read(self, path: str) -> tuple[os.stat_result, bytes]:
         # O_NOATIME: indexing must not change what agents see of their files.

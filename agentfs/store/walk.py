@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 from typing import Any, Iterator
 
@@ -53,25 +54,38 @@ def walk_below(dir_fd: int, name: str, path: str) -> Iterator[tuple[str, int]]:
             os.close(fd)
 
 
-def lstat_below(root_fd: int, path: str) -> os.stat_result | None:
-    """The lstat of workspace `path` under `root_fd`, or None if it is not there.
+def open_below(root_fd: int, path: str, flags: int) -> int:
+    """A descriptor (opened with `flags`) of workspace path `path` ("/a/b") under `root_fd`.
 
-    Each folder on the way is opened with O_NOFOLLOW, so a symlink in place
-    of one gives None rather than something outside the tree; a symlink at
-    the end is described itself, as lstat does.
+    Each folder on the way is opened with O_NOFOLLOW, and so is the last
+    part: a symlink in place of a folder fails (ENOTDIR/ELOOP) rather than
+    lead outside the tree. `.` and `..` are refused (EINVAL).
     """
     parts = [p for p in path.split("/") if p]
+    if any(p in (".", "..") for p in parts):
+        raise OSError(errno.EINVAL, "'.' or '..' in a workspace path", path)
     if not parts:
-        return os.fstat(root_fd)
-    flags = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-    fd, opened = root_fd, []
+        return os.open(".", flags | os.O_CLOEXEC, dir_fd=root_fd)
+    fd = root_fd
     try:
         for part in parts[:-1]:
-            fd = os.open(part, flags, dir_fd=fd)
-            opened.append(fd)
-        return os.stat(parts[-1], dir_fd=fd, follow_symlinks=False)
+            nfd = os.open(part, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            if fd != root_fd:
+                os.close(fd)
+            fd = nfd
+        return os.open(parts[-1], flags | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+    finally:
+        if fd != root_fd:
+            os.close(fd)
+
+
+def lstat_below(root_fd: int, path: str) -> os.stat_result | None:
+    """The lstat of workspace `path` under `root_fd` (see open_below), or None if it is not there."""
+    try:
+        fd = open_below(root_fd, path, os.O_PATH)
     except OSError:
         return None
+    try:
+        return os.fstat(fd)
     finally:
-        for o in opened:
-            os.close(o)
+        os.close(fd)
