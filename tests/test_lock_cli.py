@@ -9,6 +9,7 @@ import pytest
 import trio
 from click.testing import CliRunner
 
+from agentfs import workspace as workspace_mod
 from agentfs.cli import lock_cmds, main
 from agentfs.core.locks import LockManager, LockMode, format_locks_listing
 from agentfs.errors import WorkspaceError
@@ -27,6 +28,7 @@ def mnt(tmp_path, ws, monkeypatch):
     (m / "research").mkdir(parents=True)
     (m / "research" / "notes.md").write_text("x")
     monkeypatch.setattr(lock_cmds, "mounts_of_agentfs", lambda: [(m, ws.root)])
+    monkeypatch.setattr(workspace_mod, "mounts_of_agentfs", lambda: [(m, ws.root)])
     return m
 
 

@@ -22,7 +22,7 @@ from agentfs.cli._common import echo_json, path_on_mount, resolve_workspace, wor
 from agentfs.core.lock_format import format_locks_listing, parse_lock_xattr_lines, parse_locks_listing
 from agentfs.core.locks import list_locks
 from agentfs.errors import AgentfsError
-from agentfs.workspace import mounts_of_agentfs
+from agentfs.workspace import mount_containing, mounts_of_agentfs
 
 XATTR = "user.agentfs.lock"
 LISTING = Path(".agentfs") / "locks"
@@ -39,14 +39,10 @@ class LockBusy(AgentfsError):
 
 def mountpoint_of(path: str) -> Path:
     """The agentfs mount `path` lies on; an error if it is not on one."""
-    p = Path(os.path.abspath(path))
-    best: Path | None = None
-    for mnt, _ws in mounts_of_agentfs():
-        if (p == mnt or mnt in p.parents) and (best is None or len(mnt.parts) > len(best.parts)):
-            best = mnt
-    if best is None:
+    found = mount_containing(Path(os.path.abspath(path)))
+    if found is None:
         raise AgentfsError(f"{path} is not on an agentfs mount: give a path inside a mount")
-    return best
+    return found[0]
 
 
 def _holder(path: str) -> str:
