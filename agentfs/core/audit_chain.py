@@ -17,16 +17,16 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any, Iterator
 
+# The hashed bytes: the same output as json.dumps(..., ensure_ascii=True,
+# separators=(",", ":")), the format outside tools recompute, from
+# audit_journal's C encoder built once (JSONEncoder.encode rebuilds it on
+# every call, an eighth of the commit helper's time per record).
 from agentfs.core.audit_journal import COMPACT as _COMPACT
 from agentfs.store import audit_log as store
 from agentfs.store import db
 from agentfs.workspace import Workspace
 
 GENESIS = "0" * 64
-# audit_journal's C encoder, built once (JSONEncoder.encode rebuilds it on
-# every call, an eighth of the commit helper's time per record); the same
-# output as json.dumps(..., ensure_ascii=True, separators=(",", ":")), which
-# is the format outside tools recompute.
 
 
 def canonical(prev_hash: str, seq: int, ts_ns: int, agent: str, uid: int, pid: int, op: str,
