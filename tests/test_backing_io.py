@@ -6,6 +6,7 @@ Whether a page of a backing file is in the page cache is asked with mincore.
 from __future__ import annotations
 
 import ctypes
+import errno
 import fcntl
 import hashlib
 import mmap
@@ -16,7 +17,8 @@ import pytest
 
 from agentfs.core.audit import iter_records
 from agentfs.core.audit_content import ContentHasher
-from agentfs.fuse.backing_io import BACKOFF_S, MIN_SAMPLES, STREAM_MIN, BackingIO
+from agentfs.fuse import backing_io
+from agentfs.fuse.backing_io import BACKOFF_S, BEHIND_BYTES, MIN_SAMPLES, STREAM_MIN, BackingIO, WriteStream
 from conftest import OPEN_POLICY, make_workspace, mounted, run, wait_for
 
 MIB = 1 << 20
@@ -80,60 +82,111 @@ def wfile(workdir: Path):
     os.close(fd)
 
 
-def test_only_large_aligned_writes_qualify():
-    io = BackingIO("always")
-    assert io.wants_direct(0, MIB) and io.wants_direct(4096, STREAM_MIN)
-    assert not io.wants_direct(0, STREAM_MIN - 4096)      # small
-    assert not io.wants_direct(512, MIB)                  # unaligned offset
-    assert not io.wants_direct(0, MIB + 1)                # unaligned size
-    assert not BackingIO("never").wants_direct(0, MIB)
-
-
-def test_a_direct_write_lands_on_disk_not_in_the_page_cache(wfile):
+def test_direct_mode_sends_large_aligned_writes_past_the_page_cache(wfile):
     p, fd = wfile
-    io = BackingIO("always")
+    io = BackingIO("direct")
+    st = WriteStream()
     data = os.urandom(2 * MIB)
-    n, state = io.write(fd, 0, data, False)
-    assert (n, state) == (2 * MIB, True) and has_direct(fd)
+    assert io.write(fd, 0, data, st) == 2 * MIB
+    assert has_direct(fd) and st.direct and st.past_cache
     assert not cached(p) and not cached(p, MIB)
-    # an unaligned tail goes through the page cache, and the fd loses O_DIRECT
-    n, state = io.write(fd, 2 * MIB, b"tail", True)
-    assert (n, state) == (4, False) and not has_direct(fd)
-    assert p.read_bytes() == data + b"tail"
-    assert (io.direct_writes, io.buffered_writes) == (1, 1)
+    # small, or unaligned: through the page cache, and the fd loses O_DIRECT
+    assert io.write(fd, 2 * MIB, b"s" * 4096, st) == 4096
+    assert not has_direct(fd) and not st.direct and cached(p, 2 * MIB)
+    assert io.write(fd, 3 * MIB + 512, b"u" * MIB, st) == MIB and not has_direct(fd)
+    assert io.write(fd, 2 * MIB + 4096, b"tail", st) == 4
+    assert p.read_bytes()[:2 * MIB + 4100] == data + b"s" * 4096 + b"tail"
+    assert (io.direct_writes, io.buffered_writes, io.behind_writes) == (1, 3, 0)
 
 
-def test_buffered_writes_stay_in_the_page_cache_when_told_never(wfile):
+def test_cache_mode_leaves_writes_in_the_page_cache(wfile):
     p, fd = wfile
-    n, state = BackingIO("never").write(fd, 0, b"x" * MIB, False)
-    assert (n, state) == (MIB, False) and not has_direct(fd) and cached(p)
+    st = WriteStream()
+    assert BackingIO("cache").write(fd, 0, b"x" * MIB, st) == MIB
+    assert not has_direct(fd) and cached(p) and not st.past_cache
 
 
-def test_a_slow_disk_sends_auto_back_to_buffered_writes_for_a_while(wfile):
+def test_a_stream_written_behind_keeps_only_its_last_pages_cached(wfile):
+    p, fd = wfile
+    io = BackingIO()  # "behind", the default
+    st = WriteStream()
+    data = os.urandom(32 * MIB)
+    for off in range(0, 32 * MIB, MIB):
+        assert io.write(fd, off, data[off:off + MIB], st) == MIB
+    assert resident(p) <= BEHIND_BYTES // 4096
+    assert not cached(p, 0) and not cached(p, 32 * MIB - BEHIND_BYTES - 4096) and cached(p, 32 * MIB - 4096)
+    assert st.past_cache and not st.direct and not has_direct(fd) and st.late_error is None
+    assert (io.behind_writes, io.buffered_writes) == (32, 0)
+    # a small write is left to the page cache
+    assert io.write(fd, 32 * MIB, b"end", st) == 3 and io.buffered_writes == 1
+    assert p.read_bytes() == data + b"end"
+
+
+def test_a_write_back_failure_met_behind_waits_for_the_next_fsync(wfile, monkeypatch):
+    p, fd = wfile
+    calls = []
+
+    def failing(fd: int, off: int, size: int, flags: int) -> None:
+        calls.append((off, size, flags))
+        if flags == backing_io.SYNC_WAIT:
+            raise OSError(errno.EIO, "I/O error")
+
+    monkeypatch.setattr(backing_io, "sync_range", failing)
+    io = BackingIO()
+    st = WriteStream()
+    for off in range(0, BEHIND_BYTES + 2 * MIB, MIB):
+        assert io.write(fd, off, b"w" * MIB, st) == MIB  # the write itself succeeded
+    assert (0, MIB, backing_io.SYNC_WAIT) in calls and (MIB, MIB, backing_io.SYNC_WAIT) in calls
+    e = st.take_error()
+    assert isinstance(e, OSError) and e.errno == errno.EIO
+    assert st.take_error() is None  # reported once, as the kernel does
+
+
+def test_a_filesystem_without_sync_file_range_gets_plain_writes(wfile, monkeypatch):
+    p, fd = wfile
+
+    def unsupported(fd: int, off: int, size: int, flags: int) -> None:
+        raise OSError(errno.ESPIPE, "Illegal seek")
+
+    monkeypatch.setattr(backing_io, "sync_range", unsupported)
+    io = BackingIO()
+    st = WriteStream()
+    assert io.write(fd, 0, b"a" * MIB, st) == MIB and st.plain and st.late_error is None
+    assert io.write(fd, MIB, b"b" * MIB, st) == MIB
+    assert (io.behind_writes, io.buffered_writes) == (0, 1)
+    assert p.read_bytes() == b"a" * MIB + b"b" * MIB
+
+
+class SlowClock:
+    """Each reading `step` seconds later than the last, on `clock`: every write seems to take that long."""
+
+    def __init__(self, clock: Clock, step: float = 1.0) -> None:
+        self.clock, self.step = clock, step
+
+    def __call__(self) -> float:
+        self.clock.t += self.step
+        return self.clock.t
+
+
+def test_a_slow_disk_sends_writes_behind_back_to_the_page_cache_for_a_while(wfile):
     p, fd = wfile
     clock = Clock()
-
-    class SlowClock:
-        """Each reading one second later: every write seems to take a second."""
-
-        def __call__(self) -> float:
-            clock.t += 1.0
-            return clock.t
-
-    io = BackingIO("auto", clock=SlowClock())
+    io = BackingIO(clock=SlowClock(clock))
+    st = WriteStream()
     for i in range(MIN_SAMPLES):  # 1 MB/s: far below the floor, judged after a few writes
-        assert io.wants_direct(i * MIB, MIB)
-        assert io.write(fd, i * MIB, b"a" * MIB, i > 0) == (MIB, True)
+        assert io.write(fd, i * MIB, b"a" * MIB, st) == MIB
+    assert io.behind_writes == MIN_SAMPLES
     io._clock = clock
     off = MIN_SAMPLES * MIB
-    assert not io.wants_direct(off, MIB)
-    assert io.write(fd, off, b"b" * MIB, True) == (MIB, False) and cached(p, off)
+    assert io.write(fd, off, b"b" * MIB, st) == MIB
+    assert (io.behind_writes, io.buffered_writes) == (MIN_SAMPLES, 1)
     clock.t += BACKOFF_S
-    assert io.wants_direct(off + MIB, MIB)
-    assert p.read_bytes() == b"a" * off + b"b" * MIB
+    assert io.write(fd, off + MIB, b"c" * MIB, st) == MIB
+    assert (io.behind_writes, io.buffered_writes) == (MIN_SAMPLES + 1, 1)
+    assert p.read_bytes() == b"a" * off + b"b" * MIB + b"c" * MIB
 
 
-def test_a_single_stall_among_fast_direct_writes_is_forgiven(wfile):
+def test_a_single_stall_among_fast_writes_behind_is_forgiven(wfile):
     p, fd = wfile
     clock = Clock()
     steps = iter([0.0003] * MIN_SAMPLES + [0.01] + [0.0003] * 8)  # 3.5 GB/s, one 10 ms stall once judged
@@ -148,49 +201,37 @@ def test_a_single_stall_among_fast_direct_writes_is_forgiven(wfile):
                 clock.t += next(steps)
             return clock.t
 
-    io = BackingIO("auto", clock=clock)
+    io = BackingIO(clock=clock)
+    st = WriteStream()
     for i in range(MIN_SAMPLES + 9):
         io._clock = StepClock()
-        assert io.write(fd, i * MIB, b"c" * MIB, i > 0) == (MIB, True)
+        assert io.write(fd, i * MIB, b"c" * MIB, st) == MIB
         io._clock = clock
-        assert io.wants_direct((i + 1) * MIB, MIB)
+    assert (io.behind_writes, io.buffered_writes) == (MIN_SAMPLES + 9, 0)
 
 
-def test_a_slow_disk_keeps_direct_writes_when_the_page_cache_was_slower_still(wfile):
+def test_a_slow_disk_keeps_writing_behind_when_the_page_cache_was_slower_still(wfile):
     p, fd = wfile
     clock = Clock()
-
-    class Ticks:
-        """Each reading `step` seconds later: every write seems to take `step`."""
-
-        def __init__(self, step: float) -> None:
-            self.step = step
-
-        def __call__(self) -> float:
-            clock.t += self.step
-            return clock.t
-
     size = STREAM_MIN
-    io = BackingIO("auto", clock=Ticks(0.001))  # 128 KiB a ms: 131 MB/s, under the floor
+    io = BackingIO(clock=SlowClock(clock, 0.001))  # 128 KiB a ms: 131 MB/s, under the floor
+    st = WriteStream()
     off = 0
     for _ in range(MIN_SAMPLES):
-        assert io.write(fd, off, b"d" * size, off > 0) == (size, True)
+        assert io.write(fd, off, b"d" * size, st) == size
         off += size
-    assert not io.wants_direct(off, size)
-    io._clock = Ticks(0.002)  # and the page cache, tried meanwhile, at half that
-    state = True
+    assert io.behind_writes == MIN_SAMPLES
+    io._clock = SlowClock(clock, 0.002)  # and the page cache, tried meanwhile, at half that
     for _ in range(MIN_SAMPLES):
-        n, state = io.write(fd, off, b"e" * size, state)
-        assert (n, state) == (size, False)
+        assert io.write(fd, off, b"e" * size, st) == size
         off += size
+    assert io.buffered_writes == MIN_SAMPLES
     clock.t += BACKOFF_S
-    io._clock = Ticks(0.001)
+    io._clock = SlowClock(clock, 0.001)
     for _ in range(MIN_SAMPLES + 8):  # judged again: slow, but not slower than the cache
-        assert io.wants_direct(off, size)
-        n, state = io.write(fd, off, b"f" * size, state)
-        assert (n, state) == (size, True)
+        assert io.write(fd, off, b"f" * size, st) == size
         off += size
-    assert io.wants_direct(off, size)
+    assert (io.behind_writes, io.buffered_writes) == (2 * MIN_SAMPLES + 8, MIN_SAMPLES)
 
 
 def test_append_handles_never_go_direct(workdir: Path):
@@ -198,8 +239,9 @@ def test_append_handles_never_go_direct(workdir: Path):
     p.write_bytes(b"x" * 100)  # an unaligned end
     fd = os.open(p, os.O_WRONLY | os.O_APPEND)
     try:
-        assert BackingIO("always").write(fd, 0, b"y" * MIB, False) == (MIB, None)
-        assert not has_direct(fd)
+        st = WriteStream()
+        assert BackingIO("direct").write(fd, 0, b"y" * MIB, st) == MIB
+        assert st.plain and not has_direct(fd)
     finally:
         os.close(fd)
     assert p.read_bytes() == b"x" * 100 + b"y" * MIB
@@ -208,10 +250,11 @@ def test_append_handles_never_go_direct(workdir: Path):
 def test_a_failed_direct_write_leaves_the_fd_as_the_caller_believes(wfile):
     p, fd = wfile
     ro = os.open(p, os.O_RDONLY)
+    st = WriteStream()
     try:
         with pytest.raises(OSError):
-            BackingIO("always").write(ro, 0, b"z" * MIB, False)  # EBADF, after O_DIRECT was set
-        assert not has_direct(ro)
+            BackingIO("direct").write(ro, 0, b"z" * MIB, st)  # EBADF, after O_DIRECT was set
+        assert not has_direct(ro) and not st.direct
     finally:
         os.close(ro)
 
@@ -265,7 +308,7 @@ def test_a_read_past_the_cache_sees_buffered_writes_not_yet_on_disk(rfile):
     wfd = os.open(p, os.O_WRONLY)
     try:
         os.pwrite(wfd, b"new" * 1000, 4096)  # dirty in the page cache, not written back
-        assert BackingIO("never", read_mode="always").read(fd, 0, MIB, False)[0] == \
+        assert BackingIO("cache", read_mode="always").read(fd, 0, MIB, False)[0] == \
             data[:4096] + b"new" * 1000 + data[7096:MIB]
     finally:
         os.close(wfd)
@@ -274,13 +317,7 @@ def test_a_read_past_the_cache_sees_buffered_writes_not_yet_on_disk(rfile):
 def test_slow_direct_reads_send_auto_back_to_buffered_reads_for_a_while(rfile):
     p, fd, data = rfile
     clock = Clock()
-
-    class SlowClock:
-        def __call__(self) -> float:
-            clock.t += 1.0
-            return clock.t
-
-    io = BackingIO(clock=SlowClock())
+    io = BackingIO(clock=SlowClock(clock))
     state: bool | None = False
     for i in range(MIN_SAMPLES):  # 1 MB/s, judged after a few reads
         view, state = io.read(fd, 0, MIB, state)
@@ -308,9 +345,12 @@ def test_hashing_a_file_written_past_the_cache_leaves_none_of_it_cached(workdir:
         os.close(fd)
 
 
-@pytest.mark.parametrize("mode", ["always", "never"])
-def test_streaming_through_the_mount(workdir: Path, mode: str):
-    ws = make_workspace(workdir, OPEN_POLICY + f'\n[mount]\ndirect_writes = "{mode}"\n')
+@pytest.mark.parametrize("setting", ['stream_writes = "behind"', 'stream_writes = "direct"',
+                                     'stream_writes = "cache"', 'direct_writes = "always"'])
+def test_streaming_through_the_mount(workdir: Path, setting: str):
+    """Each way a large write can reach the disk, and the old key's "always" still meaning direct."""
+    ws = make_workspace(workdir, OPEN_POLICY + f'\n[mount]\n{setting}\n')
+    mode = setting.split('"')[1]
     mnt = workdir / "mnt"
     mnt.mkdir()
     with mounted(ws, mnt) as m:
@@ -321,8 +361,13 @@ def test_streaming_through_the_mount(workdir: Path, mode: str):
         backing = ws.data_path / "big.bin"
         [rec] = wait_for(lambda: [r for r in iter_records(ws, path_glob="/big.bin") if r["op"] == "write"],
                          what="the write record")
-        # past the page cache, and hashing it for the record did not bring it back
-        assert cached(backing, 8 * MIB) == (mode == "never")
+        # past the page cache (behind: all but the last pages), and hashing it for the record did
+        # not bring it back
+        assert cached(backing, 0) == (mode == "cache")
+        if mode == "behind":
+            assert 0 < resident(backing) <= BEHIND_BYTES // 4096 + 1
+        elif mode != "cache":
+            assert resident(backing) <= 1  # the 123-byte tail went through the cache
         assert hashlib.sha256((mnt / "big.bin").read_bytes()).hexdigest() == want
         assert hashlib.sha256(backing.read_bytes()).hexdigest() == want
         assert rec["details"]["size"] == 16 * MIB + 123
@@ -369,3 +414,41 @@ def test_a_reader_streaming_through_the_mount_reads_past_the_backing_cache(workd
             assert f.read(MIB) == data[8 * MIB:9 * MIB]
             assert not any(fl & os.O_DIRECT for fl in _backing_fd_flags(m.pid, backing))
         assert m.answers()
+
+
+def test_fsync_reports_a_write_back_failure_that_writing_behind_took_from_the_kernel(tmp_path, monkeypatch):
+    """The handler, called directly: an EIO of the disk cannot be made to order under a mount here."""
+    import pyfuse3
+    import trio
+
+    from agentfs.fuse.operations import Operations
+
+    def failing(fd: int, off: int, size: int, flags: int) -> None:
+        if flags == backing_io.SYNC_WAIT:
+            raise OSError(errno.EIO, "I/O error")
+
+    monkeypatch.setattr(backing_io, "sync_range", failing)
+    root = tmp_path / "data"
+    root.mkdir()
+    ops = Operations(os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC))
+
+    class Ctx:
+        uid, gid, pid, umask = 0, 0, os.getpid(), 0o022
+
+    outcomes: list[object] = []
+
+    async def main() -> None:
+        fi, _ = await ops.create(pyfuse3.ROOT_INODE, b"f", 0o100644, os.O_CREAT | os.O_WRONLY, Ctx())
+        for off in range(0, BEHIND_BYTES + MIB, MIB):
+            outcomes.append(await ops.write(fi.fh, off, b"q" * MIB))
+        for _ in range(2):
+            try:
+                await ops.fsync(fi.fh, False)
+                outcomes.append("ok")
+            except pyfuse3.FUSEError as e:
+                outcomes.append(errno.errorcode[e.errno])
+        await ops.release(fi.fh)
+
+    trio.run(main)
+    assert outcomes == [MIB] * (BEHIND_BYTES // MIB + 1) + ["EIO", "ok"]
+    assert (root / "f").read_bytes() == b"q" * (BEHIND_BYTES + MIB)

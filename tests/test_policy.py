@@ -219,6 +219,7 @@ BAD_CASES = [
     ('[workspace]\ndefault_agent = "a b"\n', 2, "workspace.default_agent", "not a valid agent name"),
     ('[mount]\ncache_seconds = "60"\n', 2, "mount.cache_seconds", "must be a number"),
     ('[mount]\ncache_seconds = -1\n', 2, "mount.cache_seconds", "must not be negative"),
+    ('[mount]\nstream_writes = "auto"\n', 2, "mount.stream_writes", "must be behind, direct or cache"),
     ('[mount]\ndirect_writes = "sometimes"\n', 2, "mount.direct_writes", "must be auto, always or never"),
     ('[locks]\n# ttl\n\nwait_seconds = true\n', 4, "locks.wait_seconds", "must be a number"),
     ('[audit]\nreads = "yes"\n', 2, "audit.reads", "must be true or false"),
@@ -307,7 +308,8 @@ def test_settings_defaults_and_values() -> None:
     p = Policy.from_text("[locks]\nwait_seconds = 2\n")
     assert p.settings("locks") == {"default_ttl": 300.0, "wait_seconds": 2.0}
     assert isinstance(p.settings("locks")["wait_seconds"], float)
-    assert p.settings("mount") == {"cache_seconds": 60.0, "direct_writes": "auto", "direct_reads": "auto"}
+    assert p.settings("mount") == {"cache_seconds": 60.0, "stream_writes": "behind", "direct_writes": "",
+                                   "direct_reads": "auto"}
     assert p.settings("audit")["reads"] is False
     assert p.settings("search")["embedder"] == "minilm"
     with pytest.raises(KeyError):

@@ -354,6 +354,20 @@ def _direct_mode(value: Any) -> str | None:
     return None if value in ("auto", "always", "never") else "must be auto, always or never"
 
 
+def _stream_mode(value: Any) -> str | None:
+    return None if value in ("behind", "direct", "cache") else "must be behind, direct or cache"
+
+
+def _old_direct_writes(value: Any) -> str | None:
+    return None if value in ("", "auto", "always", "never") else "must be auto, always or never"
+
+
+# `direct_writes`, the key before `stream_writes`, still read when set:
+# its auto sent large writes past the cache with O_DIRECT, as "direct" does now,
+# but behind is what auto would choose today.
+OLD_DIRECT_WRITES = {"auto": "behind", "always": "direct", "never": "cache"}
+
+
 # Sections other parts of agentfs read, declared here so that the starter file
 # validates before those parts exist; their owners may extend them.
 register_section("workspace", {
@@ -362,8 +376,10 @@ register_section("workspace", {
 register_section("mount", {
     "cache_seconds": FieldSpec(float, 60.0, "kernel entry/attr timeout where all agents see a path alike",
                                non_negative),
-    "direct_writes": FieldSpec(str, "auto", "large writes of write-only handles past the backing page cache: "
-                               "auto, always or never", _direct_mode),
+    "stream_writes": FieldSpec(str, "behind", "how large writes of write-only handles reach the disk: "
+                               "behind, direct or cache", _stream_mode),
+    "direct_writes": FieldSpec(str, "", "old name of stream_writes (auto: behind, always: direct, never: "
+                               "cache); wins when set", _old_direct_writes),
     "direct_reads": FieldSpec(str, "auto", "large reads of read-only handles past the backing page cache: "
                               "auto, always or never", _direct_mode),
 })

@@ -65,10 +65,12 @@ rules = []
 # agent sees alike (paths seen differently are never cached). Higher is
 # faster; changes made beside the mount show up after at most this long.
 cache_seconds = 60
-# Large block-aligned writes through write-only handles (dd, cp, tar) go to
-# disk directly (O_DIRECT) instead of through the page cache: "auto" while
-# the disk takes them at 256 MiB/s or more, "always", or "never".
-direct_writes = "auto"
+# How large writes through write-only handles (dd, cp, tar) reach the disk:
+# "behind" writes each back at once and drops what is 8 MiB behind, so a
+# stream keeps little page cache (plain page cache while the disk is slower
+# than 256 MiB/s); "direct" bypasses the page cache (O_DIRECT); "cache"
+# leaves them to the page cache. (`direct_writes`, its old name, still works.)
+stream_writes = "behind"
 # Large block-aligned reads through read-only handles (dd, cp, a program
 # streaming a big file) come from disk directly (O_DIRECT), leaving no second
 # copy in the page cache: "auto" while the disk serves them at 256 MiB/s or

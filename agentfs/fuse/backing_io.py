@@ -15,28 +15,39 @@ touch of such a page then costs a fault in the host), so:
   with O_DIRECT into one reused aligned buffer, under an `auto` rule like
   the writes' below (with `READ_FLOOR_BYTES_PER_S`); a large read that does
   not drops the backing pages it just served (POSIX_FADV_DONTNEED);
-- a large, block-aligned write goes to the backing file with O_DIRECT, from
-  one reused aligned buffer, while the disk takes such writes at least at
-  `FLOOR_BYTES_PER_S` (a moving average over recent direct writes: single
-  writes stall now and then, 1 in 1,000 here). A slower disk sends the mount
-  back to buffered writes for `BACKOFF_S`, so a slow disk keeps the page
-  cache's write-behind and never holds the loop, unless the page cache was
-  measured slower still.
+- a large write (`[mount] stream_writes`, default "behind") goes through
+  the backing page cache but is written back at once
+  (sync_file_range(SYNC_FILE_RANGE_WRITE)), and the range `BEHIND_BYTES`
+  back is waited for and dropped: a stream keeps at most that much page
+  cache, whose pages the next writes reuse while they are still warm, and
+  the disk works while the next requests cross the kernel. Measured here it
+  beat O_DIRECT from an aligned buffer (0.33-0.41 s a GiB against
+  0.43-0.66 s) and plain page cache (0.47-1.52 s). While the loop spends
+  longer than `FLOOR_BYTES_PER_S` allows on such writes (a slow disk), the
+  mount goes back to plain page-cache writes for `BACKOFF_S`, unless those
+  were measured slower still. "direct" sends large block-aligned writes to
+  the disk with O_DIRECT from one reused aligned buffer, "cache" leaves
+  them to the page cache.
 
-Small or unaligned I/O, O_APPEND and O_DIRECT handles are untouched. Data
-and its durability are the same either way: a direct write is on the disk
-when it returns, and fsync still flushes metadata; a direct read sees every
-buffered write made before it (the kernel writes the range back first).
+Small I/O, O_DIRECT handles and (for direct I/O) unaligned I/O and O_APPEND
+are untouched. Data and its durability are the same either way: a direct
+write is on the disk when it returns, and fsync still flushes metadata; a
+direct read sees every buffered write made before it (the kernel writes the
+range back first). Waiting for a range written behind takes its write-back
+error from the backing fd (the kernel reports it once per open file), so the
+stream keeps it and the handle's next fsync reports it.
 """
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import fcntl
 import logging
 import mmap
 import os
 import time
+from dataclasses import dataclass
 from typing import Callable
 
 log = logging.getLogger("agentfs.fuse")
@@ -45,13 +56,14 @@ log = logging.getLogger("agentfs.fuse")
 # window, and the smallest request a streaming writer (cp, dd, tar) sends.
 STREAM_MIN = 128 << 10
 ALIGN = 4096
-# Under this, direct writes go back to the page cache's write-behind for a
-# while (`BACKOFF_S`), unless the page cache, tried during an earlier pause,
-# was slower still (`_Pace.judge_buffered`). It was 1 GB/s, taken for what a
-# copy into page cache costs on a healthy machine; on this VM that copy (into
-# fresh memory) runs at 330-430 MB/s, and direct writes that started at
-# 200-900 MB/s sent 4 of 6 runs of a 1 GiB write to it (2.5-3.1 s instead
-# of 0.6-0.9 s). With 256 MiB/s and judging after 128 MiB: 1 of 8.
+# Page cache a stream written behind keeps past its last write. 1 MiB behind
+# waited on writes still in flight (0.40 s a GiB), 8 and 32 MiB did not
+# (0.33-0.36 s); without waiting, 270-335 MB stayed cached and it was slower.
+BEHIND_BYTES = 8 << 20
+# Under this, writes behind (and the loop that waits for them) go back to
+# plain page-cache writes for a while (`BACKOFF_S`), unless the page cache,
+# tried during an earlier pause, was slower still (`_Pace.judge_buffered`):
+# on this VM a copy into fresh page-cache memory runs at 330-430 MB/s.
 FLOOR_BYTES_PER_S = 256 << 20
 # Reads: read buffered, they need the disk too, but several requests at once
 # (readahead) where a direct read waits for each. The first direct reads of
@@ -66,6 +78,37 @@ BACKOFF_S = 10.0
 # ms each; judged after 4, they alone sent whole 1 GiB writes to the cache.
 WEIGHT = 1 / 32
 MIN_SAMPLES = 128
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_sync_file_range = _libc.sync_file_range
+_sync_file_range.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+_sync_file_range.restype = ctypes.c_int
+SYNC_START = 2  # SYNC_FILE_RANGE_WRITE
+SYNC_WAIT = 1 | 2 | 4  # SYNC_FILE_RANGE_WAIT_BEFORE | WRITE | WAIT_AFTER
+# sync_file_range errors that say the fd cannot do it at all (not a failed write-back)
+_UNSUPPORTED = {errno.EINVAL, errno.ENOSYS, errno.ESPIPE, errno.EOPNOTSUPP}
+
+
+def sync_range(fd: int, off: int, size: int, flags: int) -> None:
+    """sync_file_range(2), which the os module lacks."""
+    if _sync_file_range(fd, off, size, flags) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+
+
+@dataclass(eq=False)
+class WriteStream:
+    """What the data path keeps of one write-only handle."""
+
+    direct: bool = False  # whether its fd has O_DIRECT set now
+    plain: bool = False  # its fd takes plain writes only (O_APPEND, no O_DIRECT or sync_file_range)
+    past_cache: bool = False  # some of its writes left no page cache behind
+    late_error: OSError | None = None  # a write-back failure met behind; the next fsync reports it
+
+    def take_error(self) -> OSError | None:
+        e, self.late_error = self.late_error, None
+        return e
 
 
 class _Pace:
@@ -87,7 +130,11 @@ class _Pace:
     def allows(self, mode: str, off: int, size: int, min_size: int = STREAM_MIN) -> bool:
         if mode == "never" or size < min_size or (off | size) & (ALIGN - 1):
             return False
-        if mode == "always" or not self.paused:
+        return mode == "always" or self.active()
+
+    def active(self) -> bool:
+        """Whether `auto` asks the disk now: not paused, or the pause is over."""
+        if not self.paused:
             return True
         if self.clock() < self.paused_until:
             return False
@@ -105,8 +152,8 @@ class _Pace:
         if self.buffered_samples >= MIN_SAMPLES and self.buffered_sec_per_byte >= self.sec_per_byte:
             return  # slow, but the page cache was slower still when last tried
         self.paused, self.paused_until = True, self.clock() + BACKOFF_S
-        log.info("direct %s at %.0f MB/s, below %.0f: buffered %s for %.0f s", self.kind,
-                 1 / self.sec_per_byte / 1e6, self.floor / 1e6, self.kind, BACKOFF_S)
+        log.info("%s at %.0f MB/s, below %.0f: through the page cache for %.0f s", self.kind,
+                 1 / self.sec_per_byte / 1e6, self.floor / 1e6, BACKOFF_S)
 
     def judge_buffered(self, sec_per_byte: float) -> None:
         """A large buffered transfer made while paused took this long a byte."""
@@ -118,22 +165,24 @@ class _Pace:
 class BackingIO:
     """The mount's data path; one per mount, used from the FUSE loop thread only.
 
-    `mode` rules direct writes and `read_mode` direct reads: "auto", "always"
-    or "never" (`[mount] direct_writes`, `direct_reads`).
+    `mode` rules large writes: "behind", "direct" or "cache"
+    (`[mount] stream_writes`); `read_mode` direct reads: "auto", "always" or
+    "never" (`[mount] direct_reads`).
     """
 
-    def __init__(self, mode: str = "auto", clock: Callable[[], float] = time.monotonic,
+    def __init__(self, mode: str = "behind", clock: Callable[[], float] = time.monotonic,
                  read_mode: str = "auto") -> None:
         self.mode = mode
         self.read_mode = read_mode
         self._clock = clock
-        self._writes = _Pace("writes", lambda: self._clock(), FLOOR_BYTES_PER_S)
-        self._reads = _Pace("reads", lambda: self._clock(), READ_FLOOR_BYTES_PER_S)
+        self._writes = _Pace("writes behind", lambda: self._clock(), FLOOR_BYTES_PER_S)
+        self._reads = _Pace("direct reads", lambda: self._clock(), READ_FLOOR_BYTES_PER_S)
         self._buf: mmap.mmap | None = None
         self._rbuf: bytearray | None = None
         self._view: memoryview | None = None
         self._dview: memoryview | None = None
         self.direct_writes = 0
+        self.behind_writes = 0
         self.buffered_writes = 0
         self.direct_reads = 0
 
@@ -195,53 +244,84 @@ class BackingIO:
             self._reads.judge(dt / n)
         return view[:n], True
 
-    def wants_direct(self, off: int, size: int) -> bool:
-        """Whether a write of `size` bytes at `off` would go to the disk past the page cache."""
-        return self._writes.allows(self.mode, off, size)
-
-    def write(self, fd: int, off: int, data: bytes, fd_direct: bool) -> tuple[int, bool | None]:
-        """Write `data` at `off`; returns (bytes written, whether `fd` now has O_DIRECT).
-
-        `fd_direct` says whether the fd has O_DIRECT set now. The second value
-        is None when the fd can never take direct writes (O_APPEND, or a
-        filesystem without O_DIRECT): the caller stops asking.
-        """
-        if not self.wants_direct(off, len(data)):
-            if fd_direct:
-                _set_direct(fd, False)
-            self.buffered_writes += 1
-            if not self._writes.paused or len(data) < STREAM_MIN:
-                return os.pwrite(fd, data, off), False
+    def write(self, fd: int, off: int, data: bytes, stream: WriteStream) -> int:
+        """Write `data` at `off` for a write-only handle whose data-path state is `stream`."""
+        size = len(data)
+        if stream.plain or self.mode == "cache" or size < STREAM_MIN:
+            return self._plain(fd, off, data, stream)
+        if self.mode == "direct":
+            if (off | size) & (ALIGN - 1):
+                return self._plain(fd, off, data, stream)
+            return self._direct(fd, off, data, stream)
+        if not self._writes.active():
             t0 = self._clock()
-            n = os.pwrite(fd, data, off)
-            if n == len(data):
+            n = self._plain(fd, off, data, stream)
+            if n == size:
                 self._writes.judge_buffered((self._clock() - t0) / n)
-            return n, False
-        if not fd_direct:
+            return n
+        return self._behind(fd, off, data, stream)
+
+    def _plain(self, fd: int, off: int, data: bytes, stream: WriteStream) -> int:
+        if stream.direct:
+            stream.direct = False  # as the caller will believe if the next call raises
+            _set_direct(fd, False)
+        self.buffered_writes += 1
+        return os.pwrite(fd, data, off)
+
+    def _behind(self, fd: int, off: int, data: bytes, stream: WriteStream) -> int:
+        if stream.direct:
+            stream.direct = False
+            _set_direct(fd, False)
+        t0 = self._clock()
+        n = os.pwrite(fd, data, off)
+        lo = max(off - BEHIND_BYTES, 0)
+        hi = off + n - BEHIND_BYTES
+        try:
+            sync_range(fd, off, n, SYNC_START)
+            if hi > lo:
+                sync_range(fd, lo, hi - lo, SYNC_WAIT)
+        except OSError as e:
+            if e.errno in _UNSUPPORTED:
+                stream.plain = True
+                return n
+            if stream.late_error is None:
+                stream.late_error = e
+        if hi > lo:
+            os.posix_fadvise(fd, lo, hi - lo, os.POSIX_FADV_DONTNEED)
+        stream.past_cache = True
+        self.behind_writes += 1
+        if n > 0:
+            self._writes.judge((self._clock() - t0) / n)
+        return n
+
+    def _direct(self, fd: int, off: int, data: bytes, stream: WriteStream) -> int:
+        if not stream.direct:
             if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_APPEND:  # the offset is the end, maybe unaligned
-                return os.pwrite(fd, data, off), None
+                stream.plain = True
+                return self._plain(fd, off, data, stream)
             try:
                 _set_direct(fd, True)
             except OSError:  # the backing filesystem has no O_DIRECT (EINVAL)
-                return os.pwrite(fd, data, off), None
+                stream.plain = True
+                return self._plain(fd, off, data, stream)
+            stream.direct = True
         view = self._aligned(len(data))
         view[:] = data
-        t0 = self._clock()
         try:
             n = os.pwritev(fd, [view], off)
         except OSError as e:
-            _set_direct(fd, False)  # as the caller will believe when this raises
+            stream.direct = False  # as the caller will believe when this raises
+            _set_direct(fd, False)
             if e.errno != errno.EINVAL:
                 raise
             # EINVAL: an alignment this device needs and 4 KiB is not
-            return os.pwrite(fd, data, off), None
+            stream.plain = True
+            return self._plain(fd, off, data, stream)
         finally:
             view.release()
-        dt = self._clock() - t0
         self.direct_writes += 1
-        if self.mode == "auto" and n > 0:
-            self._writes.judge(dt / n)
-        return n, True
+        stream.past_cache = True
+        return n
 
     def _aligned(self, size: int) -> memoryview:
         if self._buf is None or len(self._buf) < size:

@@ -21,7 +21,7 @@ import os
 from dataclasses import dataclass, field
 
 from agentfs.core.governor import Caller
-from agentfs.fuse.backing_io import BackingIO
+from agentfs.fuse.backing_io import BackingIO, WriteStream
 from agentfs.fuse.inodes import Inode
 from agentfs.fuse.setid import drop_setid
 
@@ -43,10 +43,11 @@ class FileHandle:
     direct: bool
     io: BackingIO | None = None  # the mount's data path; None: plain pread/pwrite
     write_only: bool = False
-    # Whether io has set O_DIRECT on fd for its writes (write-only handles) or
-    # reads (read-only ones); None: this fd cannot take it.
+    # Whether io has set O_DIRECT on fd for the reads of a read-only handle;
+    # None: this fd cannot take it.
     fd_direct: bool | None = False
-    past_cache: bool = False  # some writes went to disk past the page cache
+    # io's state of a write-only handle's writes (set when io is)
+    stream: WriteStream = field(default_factory=WriteStream)
     writes: int = 0
     nbytes: int = 0
     ranges: list[list[int]] = field(default_factory=list)
@@ -56,6 +57,11 @@ class FileHandle:
     chunks: list[bytes] | None = None
     kept: int = 0
     seen: int = 0  # node.changes after this handle's last write
+
+    @property
+    def past_cache(self) -> bool:
+        """Some writes left no page cache behind (hashing the file then reads it from disk)."""
+        return self.stream.past_cache
 
     def content(self, size: int) -> list[bytes] | None:
         """The file's whole content as written through this handle, if that is what it holds."""
@@ -134,13 +140,8 @@ class FileHandle:
         # As natively, a write by a non-root caller clears setuid/setgid
         # (agentfs.fuse.setid says why the kernel doesn't for us).
         drop_setid(self.fd, self.caller)
-        if self.io is not None and self.write_only and self.fd_direct is not None and not self.direct:
-            try:
-                n, self.fd_direct = self.io.write(self.fd, off, data, self.fd_direct)
-                self.past_cache = self.past_cache or bool(self.fd_direct)
-            except OSError:
-                self.fd_direct = False  # io.write leaves the fd without O_DIRECT when it raises
-                raise
+        if self.io is not None and self.write_only and not self.direct:
+            n = self.io.write(self.fd, off, data, self.stream)
         elif not self.direct:
             n = os.pwrite(self.fd, data, off)
         else:

@@ -196,3 +196,7 @@ class FileOps:
     async def fsync(self, fh: int, datasync: bool) -> None:
         h = self._file(fh)
         await trio.to_thread.run_sync(os.fdatasync if datasync else os.fsync, h.fd)
+        # A write-back failure that writing behind met on this fd (which took it from the kernel)
+        late = h.stream.take_error()
+        if late is not None:
+            raise pyfuse3.FUSEError(late.errno or errno.EIO)
