@@ -263,7 +263,7 @@ class BackingIO:
 
     def _plain(self, fd: int, off: int, data: bytes, stream: WriteStream) -> int:
         if stream.direct:
-            stream.direct = False  # as the caller will believe if the next call raises
+            stream.direct = False
             _set_direct(fd, False)
         self.buffered_writes += 1
         return os.pwrite(fd, data, off)
@@ -274,6 +274,8 @@ class BackingIO:
             _set_direct(fd, False)
         t0 = self._clock()
         n = os.pwrite(fd, data, off)
+        if n <= 0:
+            return n  # a size of 0 would mean "to the end of the file" to sync_file_range
         lo = max(off - BEHIND_BYTES, 0)
         hi = off + n - BEHIND_BYTES
         try:
@@ -290,8 +292,7 @@ class BackingIO:
             os.posix_fadvise(fd, lo, hi - lo, os.POSIX_FADV_DONTNEED)
         stream.past_cache = True
         self.behind_writes += 1
-        if n > 0:
-            self._writes.judge((self._clock() - t0) / n)
+        self._writes.judge((self._clock() - t0) / n)
         return n
 
     def _direct(self, fd: int, off: int, data: bytes, stream: WriteStream) -> int:
