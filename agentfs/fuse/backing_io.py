@@ -112,7 +112,7 @@ class WriteStream:
 
 
 class _Pace:
-    """How fast the disk took one kind of direct I/O lately, and whether `auto` still asks it."""
+    """How fast one kind of large I/O past the page cache went lately, and whether the mount still does it."""
 
     def __init__(self, kind: str, clock: Callable[[], float], floor: float) -> None:
         self.kind = kind
@@ -133,7 +133,7 @@ class _Pace:
         return mode == "always" or self.active()
 
     def active(self) -> bool:
-        """Whether `auto` asks the disk now: not paused, or the pause is over."""
+        """Whether that I/O is on now: not paused, or the pause is over."""
         if not self.paused:
             return True
         if self.clock() < self.paused_until:
