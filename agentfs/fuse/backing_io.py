@@ -262,16 +262,12 @@ class BackingIO:
         return self._behind(fd, off, data, stream)
 
     def _plain(self, fd: int, off: int, data: bytes, stream: WriteStream) -> int:
-        if stream.direct:
-            stream.direct = False
-            _set_direct(fd, False)
+        _leave_direct(fd, stream)
         self.buffered_writes += 1
         return os.pwrite(fd, data, off)
 
     def _behind(self, fd: int, off: int, data: bytes, stream: WriteStream) -> int:
-        if stream.direct:
-            stream.direct = False
-            _set_direct(fd, False)
+        _leave_direct(fd, stream)
         t0 = self._clock()
         n = os.pwrite(fd, data, off)
         if n <= 0:
@@ -311,8 +307,7 @@ class BackingIO:
         try:
             n = os.pwritev(fd, [view], off)
         except OSError as e:
-            stream.direct = False  # as the caller will believe when this raises
-            _set_direct(fd, False)
+            _leave_direct(fd, stream)
             if e.errno != errno.EINVAL:
                 raise
             # EINVAL: an alignment this device needs and 4 KiB is not
@@ -334,6 +329,13 @@ class BackingIO:
             self._view = memoryview(self._buf)
         assert self._view is not None
         return self._view[:size]
+
+
+def _leave_direct(fd: int, stream: WriteStream) -> None:
+    """Take O_DIRECT off a write-only handle's fd, if its writes had set it."""
+    if stream.direct:
+        stream.direct = False
+        _set_direct(fd, False)
 
 
 def _set_direct(fd: int, on: bool) -> None:
