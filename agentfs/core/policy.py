@@ -365,7 +365,13 @@ def _old_direct_writes(value: Any) -> str | None:
 # `direct_writes`, the key before `stream_writes`, still read when set:
 # its auto sent large writes past the cache with O_DIRECT, as "direct" does now,
 # but behind is what auto would choose today.
-OLD_DIRECT_WRITES = {"auto": "behind", "always": "direct", "never": "cache"}
+_OLD_DIRECT_WRITES = {"auto": "behind", "always": "direct", "never": "cache"}
+
+
+def stream_writes(mount: dict[str, Any]) -> str:
+    """The `[mount] stream_writes` in force: `direct_writes`, its old name, wins when set."""
+    old = mount.get("direct_writes")
+    return _OLD_DIRECT_WRITES[old] if old else str(mount.get("stream_writes", "behind"))
 
 
 # Sections other parts of agentfs read, declared here so that the starter file

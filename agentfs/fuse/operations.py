@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import pyfuse3
 
 from agentfs.core.governor import Access, Caller, OpenGovernor
-from agentfs.core.policy import OLD_DIRECT_WRITES
+from agentfs.core.policy import stream_writes
 from agentfs.fuse.backing_io import BackingIO
 from agentfs.fuse.handles import DirHandle, FileHandle
 from agentfs.fuse.inodes import Inode, InodeTable, Stale
@@ -55,8 +55,7 @@ class Operations(FileOps, DirOps, XattrOps, pyfuse3.Operations):
 
     def _follow_mount_settings(self, policy: Any) -> None:
         mount = policy.settings("mount")
-        old = mount.get("direct_writes")
-        self.io.mode = OLD_DIRECT_WRITES[old] if old else str(mount.get("stream_writes", "behind"))
+        self.io.mode = stream_writes(mount)
         self.io.read_mode = str(mount.get("direct_reads", "auto"))
 
     def _forget_kernel_entries(self) -> None:
